@@ -1,0 +1,48 @@
+"""Import the yolov5==7.0.14 reference package from .oracle/ for parity tests.
+
+The reference is a test oracle only: product code never imports it. Quirks handled here (see shared ORACLE.md):
+``import yolov5.models.yolo`` appends its own folder to ``sys.path``, so the bare names ``models`` and ``utils``
+could silently resolve to the reference's modules; we import ours first and check afterwards. numpy 2 removed
+``np.trapz``, which the reference's ``compute_ap`` calls.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ORACLE_DIR = ROOT / ".oracle"
+
+
+def load_oracle() -> types.SimpleNamespace:
+    """Return a namespace with the reference modules: ``yolo``, ``common``, ``loss``, ``general``, ``metrics``,
+    ``torch_utils``, ``autoanchor``, ``dataloaders``, ``augmentations`` and the package ``root`` folder.
+
+    Skips the calling test when the oracle is not installed, except under CI (``CI`` set), where that fails.
+    """
+    if not (ORACLE_DIR / "yolov5").is_dir():
+        msg = f"yolov5 oracle not installed in {ORACLE_DIR} (pip install --no-deps --target .oracle -r requirements-oracle.txt)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    if not hasattr(np, "trapz"):
+        np.trapz = np.trapezoid  # the reference's compute_ap needs it under numpy 2
+    # Ours first, so that later bare imports of `models`/`utils` keep resolving to this repository.
+    import models  # noqa: F401
+    import utils  # noqa: F401
+
+    if str(ORACLE_DIR) not in sys.path:
+        sys.path.append(str(ORACLE_DIR))
+    names = ["models.yolo", "models.common", "utils.loss", "utils.general", "utils.metrics", "utils.torch_utils",
+             "utils.autoanchor", "utils.dataloaders", "utils.augmentations"]
+    mods = {n.split(".")[-1]: importlib.import_module("yolov5." + n) for n in names}
+    for ours in ("models", "utils"):
+        assert Path(sys.modules[ours].__file__).resolve().parent.parent == ROOT, f"{ours} resolves to the oracle"
+    return types.SimpleNamespace(root=ORACLE_DIR / "yolov5", **mods)

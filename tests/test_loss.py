@@ -1,0 +1,230 @@
+"""ComputeLoss: parity with YOLOv5 v7.0 when our additions are off, and the Tiny Focal Loss weighting."""
+
+import math
+
+import pytest
+import torch
+import torchvision
+
+from utils.hyp import load_hyp
+from utils.loss import ComputeLoss, focal_bce_with_logits, loss_gains
+
+IMGSZ = 256
+
+
+class FakeDetect(torch.nn.Module):
+    """The attributes ComputeLoss reads from a Detect head (anchors in grid cells, as YOLOv5 stores them)."""
+
+    def __init__(self, nc: int, strides=(8, 16, 32)):
+        super().__init__()
+        anchors = torch.tensor([[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326],
+                                [400, 420, 500, 510, 600, 590]], dtype=torch.float32)[: len(strides)]
+        self.nc, self.na, self.nl = nc, 3, len(strides)
+        self.stride = torch.tensor(strides, dtype=torch.float32)
+        self.register_buffer("anchors", anchors.view(len(strides), 3, 2) / self.stride.view(-1, 1, 1))
+        self.conv = torch.nn.Conv2d(1, 1, 1)
+
+
+class FakeModel(torch.nn.Module):
+    def __init__(self, nc: int, strides=(8, 16, 32)):
+        super().__init__()
+        self.model = torch.nn.ModuleList([FakeDetect(nc, strides)])
+
+
+def make_preds(nc: int, bs: int = 4, strides=(8, 16, 32), seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(bs, 3, IMGSZ // s, IMGSZ // s, 5 + nc, generator=g).requires_grad_() for s in strides]
+
+
+def make_targets(nc: int, seed: int = 0) -> torch.Tensor:
+    """Several boxes per image from 4 px to 250 px at IMGSZ, image 2 left empty, normalised xywh."""
+    g = torch.Generator().manual_seed(seed)
+    sides = torch.tensor([4, 5, 8, 12, 20, 32, 48, 64, 100, 160, 250, 4, 6, 250, 30, 90], dtype=torch.float32)
+    n = sides.numel()
+    img = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 0, 1], dtype=torch.float32)
+    cls = torch.randint(0, nc, (n,), generator=g).float()
+    wh = torch.stack((sides, sides * (0.5 + torch.rand(n, generator=g)).clamp(max=250 / sides)), 1) / IMGSZ
+    xy = wh / 2 + torch.rand(n, 2, generator=g) * (1 - wh)
+    return torch.cat((img[:, None], cls[:, None], xy, wh), 1)
+
+
+def reference_loss(oracle, model, hyp: dict, preds, targets):
+    model.hyp = hyp
+    return oracle.loss.ComputeLoss(model)(preds, targets)
+
+
+def base_hyp(**kw) -> dict:
+    return {**load_hyp("hyp.scratch-low.yaml").to_dict(), **kw}
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("nc", [1, 3, 80])
+@pytest.mark.parametrize("fl_gamma", [0.0, 1.5])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_loss_parity_with_reference(oracle, nc, fl_gamma, label_smoothing):
+    model = FakeModel(nc)
+    hyp = base_hyp(fl_gamma=fl_gamma, label_smoothing=label_smoothing)
+    targets = make_targets(nc)
+    preds = make_preds(nc)
+    ours, ours_parts = ComputeLoss(model, hyp)(preds, targets)
+    g_ours = torch.autograd.grad(ours, preds)
+    ref, ref_parts = reference_loss(oracle, model, {k: v for k, v in hyp.items() if not k.startswith("tfl")},
+                                    preds, targets)
+    g_ref = torch.autograd.grad(ref, preds)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=0)
+    torch.testing.assert_close(ours_parts, ref_parts, rtol=1e-4, atol=1e-9)
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.oracle
+def test_loss_parity_p2_and_empty_batch(oracle):
+    strides = (4, 8, 16, 32)
+    model = FakeModel(3, strides)
+    for targets in (make_targets(3), torch.zeros((0, 6))):
+        preds = make_preds(3, strides=strides)
+        ours = ComputeLoss(model, base_hyp())(preds, targets)
+        ref = reference_loss(oracle, model, base_hyp(), preds, targets)
+        torch.testing.assert_close(ours[0], ref[0], rtol=1e-4, atol=0)
+        torch.testing.assert_close(ours[1], ref[1], rtol=1e-4, atol=1e-9)
+
+
+def test_model_hyp_fallback_and_gains():
+    model = FakeModel(3)
+    model.hyp = base_hyp()
+    preds, targets = make_preds(3), make_targets(3)
+    a = ComputeLoss(model)(preds, targets)[1]
+    b = ComputeLoss(model, load_hyp("hyp.scratch-low.yaml"))(preds, targets)[1]
+    torch.testing.assert_close(a, b)
+    hyp = load_hyp()
+    assert loss_gains(hyp, nl=3, nc=80, imgsz=640) == pytest.approx((0.05, 1.0, 0.5))
+    assert loss_gains(hyp, nl=4, nc=8, imgsz=320) == pytest.approx((0.0375, 0.1875, 0.0375))
+    scaled = ComputeLoss(model, hyp, gains=(0.1, 2.0, 1.0))(preds, targets)[1]
+    torch.testing.assert_close(scaled, a * torch.tensor([2.0, 2.0, 2.0]))
+
+
+def test_focal_bce_equals_torchvision_sigmoid_focal_loss():
+    g = torch.Generator().manual_seed(1)
+    logits, t = torch.randn(50, 7, generator=g), (torch.rand(50, 7, generator=g) > 0.7).float()
+    ours = focal_bce_with_logits(logits, t, gamma=1.5, alpha=0.25)
+    ref = torchvision.ops.sigmoid_focal_loss(logits, t, alpha=0.25, gamma=1.5, reduction="none")
+    torch.testing.assert_close(ours, ref)
+
+
+# --- Tiny Focal Loss ------------------------------------------------------------------------------------------
+
+
+def two_target_batch():
+    """One 8x8 px target and one 160x120 px target in different images (no shared cells)."""
+    return torch.tensor([[0, 1, 0.3, 0.3, 8 / IMGSZ, 8 / IMGSZ], [1, 0, 0.5, 0.5, 160 / IMGSZ, 120 / IMGSZ]])
+
+
+def test_tfl_k_infinite_or_huge_reproduces_baseline():
+    model, preds, targets = FakeModel(3), make_preds(3), make_targets(3)
+    base = ComputeLoss(model, base_hyp())(preds, targets)
+    for k in (1e6, 1e9):
+        tfl = ComputeLoss(model, base_hyp(tfl=True, tfl_k=k))(preds, targets)
+        torch.testing.assert_close(tfl[0], base[0], rtol=1e-6, atol=0)
+        torch.testing.assert_close(tfl[1], base[1], rtol=1e-6, atol=0)
+
+
+def test_tfl_box_gradient_ratio_equals_weight():
+    model, targets = FakeModel(3), two_target_batch()
+    loss_off = ComputeLoss(model, base_hyp())
+    loss_on = ComputeLoss(model, base_hyp(tfl=True, tfl_k=1.6))
+    preds = make_preds(3, bs=2)
+    g_off = torch.autograd.grad(loss_off(preds, targets)[0], preds)
+    g_on = torch.autograd.grad(loss_on(preds, targets)[0], preds)
+    w_tiny = math.exp(-1.6 * 64 / 1024) + 1
+    w_big = math.exp(-1.6 * 160 * 120 / 1024) + 1
+    for lvl, m in enumerate(loss_on.build_targets(preds, targets)):
+        for b, a, gj, gi, t in zip(m["b"], m["a"], m["gj"], m["gi"], m["t"]):
+            off, on = g_off[lvl][b, a, gj, gi, :4], g_on[lvl][b, a, gj, gi, :4]
+            w = w_tiny if t == 0 else w_big
+            torch.testing.assert_close(on, off * w, rtol=1e-5, atol=1e-12)
+    assert sum(m["n"] for m in loss_on.build_targets(preds, targets)) > 0
+
+
+def test_tfl_changes_only_positive_objectness_cells():
+    model, targets = FakeModel(3), two_target_batch()
+    preds = make_preds(3, bs=2)
+    off = ComputeLoss(model, base_hyp())
+    on = ComputeLoss(model, base_hyp(tfl=True, tfl_terms=["obj"]))
+    g_off = torch.autograd.grad(off(preds, targets)[0], preds)
+    g_on = torch.autograd.grad(on(preds, targets)[0], preds)
+    changed = 0
+    for lvl, m in enumerate(on.build_targets(preds, targets)):
+        positive = torch.zeros(g_on[lvl].shape[:4], dtype=torch.bool)
+        positive[m["b"], m["a"], m["gj"], m["gi"]] = True
+        diff = (g_on[lvl][..., 4] - g_off[lvl][..., 4]).abs() > 1e-12
+        assert not (diff & ~positive).any(), "a negative cell's objectness gradient changed"
+        changed += int(diff[positive].sum())
+        torch.testing.assert_close(g_on[lvl][..., :4], g_off[lvl][..., :4])  # box untouched: term not selected
+        torch.testing.assert_close(g_on[lvl][..., 5:], g_off[lvl][..., 5:])
+    assert changed > 0  # the tiny target's positive cells (weight 1.90) did change
+
+
+def test_tfl_shared_cell_takes_largest_weight():
+    """Two targets whose centres fall in the same cell: the objectness weight is the tinier target's."""
+    model = FakeModel(3)
+    targets = torch.tensor([[0, 0, 0.51, 0.51, 6 / IMGSZ, 8 / IMGSZ], [0, 1, 0.51, 0.51, 10 / IMGSZ, 12 / IMGSZ]])
+    loss = ComputeLoss(model, base_hyp(tfl=True))
+    preds = make_preds(3, bs=1)
+    weights = loss.target_weights(preds, targets)
+    m = loss.build_targets(preds, targets)[0]
+    wmap = loss._cell_weights(preds[0].shape[:4], m, weights[m["t"]])
+    cell = (0, m["a"][0], m["gj"][0], m["gi"][0])
+    shared = (m["a"] == cell[1]) & (m["gj"] == cell[2]) & (m["gi"] == cell[3])
+    assert set(m["t"][shared].tolist()) == {0, 1}, "fixture must put both targets in one cell"
+    assert wmap[cell].item() == pytest.approx(max(weights.tolist()))
+    assert wmap[cell].item() == pytest.approx(math.exp(-1.6 * 48 / 1024) + 1)
+    assert (wmap == 1).sum() == wmap.numel() - len(set(zip(m["a"].tolist(), m["gj"].tolist(), m["gi"].tolist())))
+
+
+def test_tfl_norm_mean_keeps_average_weight_one():
+    """All targets the same size: 'mean' normalisation gives the baseline; 'sum' scales each term by w."""
+    model = FakeModel(3)
+    targets = torch.tensor([[0, 0, 0.3, 0.3, 16 / IMGSZ, 16 / IMGSZ], [1, 2, 0.6, 0.4, 16 / IMGSZ, 16 / IMGSZ]])
+    preds = make_preds(3, bs=2)
+    base = ComputeLoss(model, base_hyp())(preds, targets)[1]
+    mean = ComputeLoss(model, base_hyp(tfl=True, tfl_norm="mean"))(preds, targets)[1]
+    torch.testing.assert_close(mean, base, rtol=1e-6, atol=0)
+    w = math.exp(-1.6 * 256 / 1024) + 1
+    summed = ComputeLoss(model, base_hyp(tfl=True, tfl_terms=["box", "cls"]))(preds, targets)[1]
+    torch.testing.assert_close(summed[[0, 2]], base[[0, 2]] * w, rtol=1e-5, atol=0)
+    torch.testing.assert_close(summed[1], base[1])
+
+
+def test_tfl_with_degenerate_targets_is_finite():
+    model = FakeModel(3)
+    targets = torch.tensor([[0, 0, 0.5, 0.5, 0.0, 0.0], [0, 1, 0.2, 0.2, 1e-6, 0.3], [0, 2, 0.7, 0.7, 0.01, 0.01]])
+    for box_loss in ("ciou", "eiou", "focal_eiou", "nwd", "giou"):
+        preds = make_preds(3, bs=1)
+        loss, parts = ComputeLoss(model, base_hyp(tfl=True, box_loss=box_loss))(preds, targets)
+        loss.backward()
+        assert torch.isfinite(parts).all(), box_loss
+        assert all(torch.isfinite(p.grad).all() for p in preds), box_loss
+
+
+def test_focal_eiou_composes_with_tfl_by_multiplying():
+    model, targets = FakeModel(3), two_target_batch()
+    preds = make_preds(3, bs=2)
+    plain = ComputeLoss(model, base_hyp(box_loss="focal_eiou"))
+    with_tfl = ComputeLoss(model, base_hyp(box_loss="focal_eiou", tfl=True, tfl_terms=["box"]))
+    g_plain = torch.autograd.grad(plain(preds, targets)[0], preds)
+    g_tfl = torch.autograd.grad(with_tfl(preds, targets)[0], preds)
+    weights = with_tfl.target_weights(preds, targets)
+    for lvl, m in enumerate(with_tfl.build_targets(preds, targets)):
+        for b, a, gj, gi, t in zip(m["b"], m["a"], m["gj"], m["gi"], m["t"]):
+            torch.testing.assert_close(g_tfl[lvl][b, a, gj, gi, :4], g_plain[lvl][b, a, gj, gi, :4] * weights[t],
+                                       rtol=1e-5, atol=1e-12)
+
+
+def test_nwd_constant_converted_per_level():
+    model = FakeModel(3)
+    loss = ComputeLoss(model, base_hyp(box_loss="nwd", nwd_c=12.8))
+    pred = torch.tensor([[0.0, 0.0, 16.0, 16.0]])
+    target = torch.tensor([[4.0, 2.0, 22.0, 20.0]])
+    values = [fn(pred / s, target / s).loss for fn, s in zip(loss.box_loss_fns, loss.strides)]
+    for v in values[1:]:
+        torch.testing.assert_close(v, values[0])

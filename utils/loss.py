@@ -1,0 +1,193 @@
+"""YOLOv5's training loss, composed from pure parts, with Tiny Focal Loss weights per target.
+
+With ``tfl`` off and ``box_loss: ciou`` the numbers equal YOLOv5 v7.0's ComputeLoss. The composition:
+
+- targets are matched to anchors and grid cells by ``build_targets`` (anchor side ratio < ``anchor_t``, plus the
+  two nearest neighbour cells), which also records which ground truth each match came from;
+- the box term is, per level, ``sum(t_i * f_i * L_i) / sum(f_i)`` over the matches, with ``L`` the chosen box loss
+  (utils/box_losses.py), ``f`` its own per-box weight (Focal-EIoU's IoU^gamma; 1 for the others) and ``t`` the TFL
+  weight of the match's ground truth (1 when TFL is off). Both reweightings therefore multiply;
+- the class term is the mean BCE over (matches x classes), each match's row multiplied by ``t``;
+- the objectness term is the mean BCE over all cells, positive cells multiplied by ``t``; negatives keep weight 1.
+  When several ground truths land in the same cell, the cell's objectness target is the IoU of the last one
+  written (as YOLOv5) and its weight is the LARGEST of their TFL weights, i.e. the tiniest object's, which does
+  not depend on the order of the targets.
+
+TFL normalisation (``tfl_norm``): ``sum`` multiplies each target's loss by its weight, as the paper does (the loss
+grows with the share of tiny objects); ``mean`` divides the weights by their mean over each level's matches, so
+the batch's average weight stays 1 and only the balance between tiny and big objects changes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.box_losses import get_box_loss
+from utils.boxes import xywh2xyxy
+from utils.hyp import Hyp, hyp_from_model_or_dict
+from utils.tfl import tfl_weights
+
+LOSS_NAMES = ("box", "obj", "cls")
+# Neighbour-cell offsets in grid cells: the target's own cell, then left, up, right, down (YOLOv5's order,
+# which decides the last write when several matches share a cell).
+_CELL_OFFSETS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32) * 0.5
+
+
+def smooth_bce(eps: float = 0.0) -> tuple[float, float]:
+    """Label-smoothed BCE targets (positive, negative) for smoothing ``eps``."""
+    return 1.0 - 0.5 * eps, 0.5 * eps
+
+
+def focal_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 0.0, alpha: float = 0.25,
+                          pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Element-wise BCE on logits, with YOLOv5's focal modulation when ``gamma > 0`` (no reduction).
+
+    ``loss * alpha_t * (1 - p_t)^gamma`` (Lin et al. 2017); with ``pos_weight`` None it equals
+    ``torchvision.ops.sigmoid_focal_loss``. ``gamma = 0`` is plain BCE (alpha unused, as YOLOv5).
+    """
+    loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
+    if gamma > 0:
+        p = logits.sigmoid()
+        p_t = targets * p + (1 - targets) * (1 - p)
+        alpha_t = targets * alpha + (1 - targets) * (1 - alpha)
+        loss = loss * alpha_t * (1.0 - p_t) ** gamma
+    return loss
+
+
+def loss_gains(hyp: Hyp, nl: int, nc: int, imgsz: int) -> tuple[float, float, float]:
+    """YOLOv5 train.py's scaling of the (box, obj, cls) gains to the number of levels, classes and image size."""
+    layers = 3 / nl
+    return hyp.box * layers, hyp.obj * (imgsz / 640) ** 2 * layers, hyp.cls * nc / 80 * layers
+
+
+def _box_loss_params(hyp: Hyp, stride: float) -> dict:
+    """Parameters of the chosen box loss at one level; NWD's C is converted from input pixels to grid cells."""
+    if hyp.box_loss in ("focal_eiou", "focal_eiou_star"):
+        return {"gamma": hyp.focal_eiou_gamma}
+    if hyp.box_loss == "focal_eiou_v1":
+        return {"beta": hyp.focal_l1_beta}
+    if hyp.box_loss == "nwd":
+        return {"c": hyp.nwd_c / stride}
+    return {}
+
+
+class ComputeLoss:
+    """YOLOv5 detection loss with optional TFL weights and a selectable box loss.
+
+    Args:
+        model: a DetectionModel (or DDP-wrapped); its last module is Detect with ``anchors`` (nl, na, 2) in grid
+            cells and ``stride`` (nl,).
+        hyp: hyperparameters (Hyp or YOLOv5-style dict); None falls back to ``model.hyp`` like YOLOv5.
+        gains: (box, obj, cls) gains; None uses the hyp values as they are (YOLOv5's ComputeLoss behaviour; the
+            trainer passes ``loss_gains(...)``).
+    Call with ``preds`` (list of nl tensors (bs, na, ny, nx, 5 + nc) raw outputs) and ``targets`` (n, 6)
+    ``[img_idx, cls, x, y, w, h]`` normalised; returns ``(loss * bs, tensor([lbox, lobj, lcls]))``.
+    """
+
+    gr = 1.0  # objectness target = (1 - gr) + gr * IoU
+
+    def __init__(self, model: nn.Module, hyp: Hyp | dict | None = None,
+                 gains: tuple[float, float, float] | None = None) -> None:
+        core = model.module if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel) else model
+        det = core.model[-1]
+        self.hyp = hyp_from_model_or_dict(hyp if hyp is not None else getattr(core, "hyp", None))
+        h = self.hyp
+        self.device = next(core.parameters()).device
+        self.nc, self.na, self.nl = det.nc, det.na, det.nl
+        self.anchors = det.anchors  # (nl, na, 2) grid cells
+        self.strides = [float(s) for s in det.stride]
+        self.balance = [4.0, 1.0, 0.4] if self.nl == 3 else [4.0, 1.0, 0.25, 0.06, 0.02][: self.nl]
+        self.gains = gains if gains is not None else (h.box, h.obj, h.cls)
+        self.cp, self.cn = smooth_bce(h.label_smoothing)
+        self.cls_pw = torch.tensor([h.cls_pw], device=self.device)
+        self.obj_pw = torch.tensor([h.obj_pw], device=self.device)
+        self.box_loss_fns = [get_box_loss(h.box_loss, **_box_loss_params(h, s)) for s in self.strides]
+        self.tfl_terms = frozenset(h.tfl_terms) if h.tfl else frozenset()
+
+    def __call__(self, preds: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, dev = self.hyp, self.device
+        lbox, lobj, lcls = (torch.zeros(1, device=dev) for _ in range(3))
+        weights = self.target_weights(preds, targets)  # (nt,) TFL weight per ground truth
+        for i, (pi, m) in enumerate(zip(preds, self.build_targets(preds, targets))):
+            tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=dev)
+            wobj = None
+            if m["n"]:
+                ps = pi[m["b"], m["a"], m["gj"], m["gi"]]  # (n, 5 + nc) predictions at the matched cells
+                w = weights[m["t"]]
+                if h.tfl_norm == "mean":
+                    w = w / w.mean()
+                pxy = ps[:, :2].sigmoid() * 2 - 0.5
+                pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * m["anchors"]
+                box = self.box_loss_fns[i](xywh2xyxy(torch.cat((pxy, pwh), 1)), xywh2xyxy(m["tbox"]))
+                wbox = w if "box" in self.tfl_terms else 1.0
+                if box.weight is None:
+                    lbox += (wbox * box.loss).sum() / m["n"]
+                else:
+                    lbox += (wbox * box.weight * box.loss).sum() / box.weight.sum().clamp(min=1e-12)
+                iou = box.iou.detach().clamp(0).type(tobj.dtype)
+                tobj[m["b"], m["a"], m["gj"], m["gi"]] = (1.0 - self.gr) + self.gr * iou
+                if "obj" in self.tfl_terms:
+                    wobj = self._cell_weights(tobj.shape, m, w.type(tobj.dtype))
+                if self.nc > 1:  # YOLOv5 skips the class term for a single class
+                    t = torch.full_like(ps[:, 5:], self.cn)
+                    t[torch.arange(m["n"], device=dev), m["cls"]] = self.cp
+                    bce = focal_bce_with_logits(ps[:, 5:], t, h.fl_gamma, h.fl_alpha, self.cls_pw)
+                    if "cls" in self.tfl_terms:
+                        bce = bce * w[:, None]
+                    lcls += bce.mean()
+            bce = focal_bce_with_logits(pi[..., 4], tobj, h.fl_gamma, h.fl_alpha, self.obj_pw)
+            lobj += (bce if wobj is None else bce * wobj).mean() * self.balance[i]
+        lbox *= self.gains[0]
+        lobj *= self.gains[1]
+        lcls *= self.gains[2]
+        bs = preds[0].shape[0]
+        return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
+
+    def target_weights(self, preds: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        """(nt,) TFL weight of every ground truth from its size in input pixels; ones when TFL is off."""
+        if not self.tfl_terms:
+            return torch.ones(targets.shape[0], device=targets.device)
+        ny, nx = preds[0].shape[2:4]
+        input_wh = torch.tensor([nx * self.strides[0], ny * self.strides[0]], device=targets.device)
+        return tfl_weights(targets[:, 4:6] * input_wh, self.hyp.tfl_k, self.hyp.tfl_s, self.hyp.tfl_piecewise)
+
+    @staticmethod
+    def _cell_weights(shape: torch.Size, m: dict, w: torch.Tensor) -> torch.Tensor:
+        """Objectness weight map (bs, na, ny, nx): 1 on negatives, the largest matched TFL weight on positives."""
+        wmap = torch.ones(shape, dtype=w.dtype, device=w.device)
+        flat = ((m["b"] * shape[1] + m["a"]) * shape[2] + m["gj"]) * shape[3] + m["gi"]
+        return wmap.view(-1).scatter_reduce(0, flat, w, reduce="amax", include_self=False).view(shape)
+
+    def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor) -> list[dict]:
+        """Match ground truths to anchors and cells, per level.
+
+        Returns one dict per level with ``n`` (matches), ``b``/``a``/``gj``/``gi`` (image, anchor, cell row and
+        column), ``t`` (index of the ground truth in ``targets``), ``cls``, ``tbox`` (n, 4) xywh in grid cells
+        relative to the cell corner, and ``anchors`` (n, 2) in grid cells.
+        """
+        nt, na, dev = targets.shape[0], self.na, targets.device
+        anchor_idx = torch.arange(na, device=dev).view(na, 1).expand(na, nt)
+        target_idx = torch.arange(nt, device=dev).view(1, nt).expand(na, nt)
+        offsets = _CELL_OFFSETS.to(dev)
+        levels = []
+        for i, pi in enumerate(preds):
+            ny, nx = pi.shape[2:4]
+            grid = torch.tensor([nx, ny], device=dev, dtype=targets.dtype)
+            gwh_all = targets[:, 4:6] * grid  # (nt, 2) grid cells
+            ratio = gwh_all[None] / self.anchors[i][:, None]  # (na, nt, 2)
+            match = torch.max(ratio, 1 / ratio).max(2).values < self.hyp.anchor_t
+            a, t = anchor_idx[match], target_idx[match]  # anchor-major, as YOLOv5 orders them
+            gxy = targets[t, 2:4] * grid
+            inv = grid - gxy
+            near = torch.cat((torch.ones_like(gxy[:, :1], dtype=torch.bool),
+                              (gxy % 1 < 0.5) & (gxy > 1), (inv % 1 < 0.5) & (inv > 1)), 1).T  # (5, n)
+            a, t = a.expand(5, -1)[near], t.expand(5, -1)[near]
+            gxy = gxy.expand(5, -1, -1)[near]
+            gij = (gxy - offsets[:, None].expand(-1, near.shape[1], -1)[near]).long()
+            gi, gj = gij[:, 0].clamp_(0, nx - 1), gij[:, 1].clamp_(0, ny - 1)
+            levels.append({"n": t.shape[0], "b": targets[t, 0].long(), "a": a, "gj": gj, "gi": gi, "t": t,
+                           "cls": targets[t, 1].long(), "tbox": torch.cat((gxy - gij, targets[t, 4:6] * grid), 1),
+                           "anchors": self.anchors[i][a]})
+        return levels
