@@ -28,7 +28,8 @@ def load_oracle() -> types.SimpleNamespace:
     Skips the calling test when the oracle is not installed, except under CI (``CI`` set), where that fails.
     """
     if not (ORACLE_DIR / "yolov5").is_dir():
-        msg = f"yolov5 oracle not installed in {ORACLE_DIR} (pip install --no-deps --target .oracle -r requirements-oracle.txt)"
+        msg = (f"yolov5 oracle not installed in {ORACLE_DIR} "
+               "(pip install --no-deps --target .oracle -r requirements-oracle.txt)")
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)

@@ -125,8 +125,8 @@ class ComputeLoss:
                 if box.weight is None:
                     lbox += (wbox * box.loss).sum() / m["n"]
                 else:
-                    lbox += (wbox * box.weight * box.loss).sum() / box.weight.sum().clamp(min=1e-12)
-                iou = box.iou.detach().clamp(0).type(tobj.dtype)
+                    lbox += (wbox * box.loss).sum() / box.weight.sum().clamp(min=1e-12)  # loss holds f * L
+                iou = box.score.detach().clamp(0).type(tobj.dtype)  # CIoU for ciou, as YOLOv5
                 tobj[m["b"], m["a"], m["gj"], m["gi"]] = (1.0 - self.gr) + self.gr * iou
                 if "obj" in self.tfl_terms:
                     wobj = self._cell_weights(tobj.shape, m, w.type(tobj.dtype))

@@ -1,0 +1,230 @@
+"""Run a trained detector on images, folders, globs, .txt lists of images and videos.
+
+Usage:
+    python detect.py --weights best.pt --source data/images                      # folder
+    python detect.py --weights best.pt --source 'imgs/*.jpg' --save-txt --save-conf
+    python detect.py --weights best.onnx --source list.txt --imgsz 640             # ONNX Runtime
+    python detect.py --weights best.pt --source big.tif --slice 640 --slice-overlap 0.2 --slice-full
+
+Outputs go to ``--project/--name`` (runs/detect/exp, exp2, ...): annotated images/videos, ``labels/*.txt`` in YOLO
+format (``cls x y w h [conf]``, normalised to the original image, written atomically) and ``crops/<class>/``.
+Boxes are found at the network input and mapped back to ORIGINAL-image pixels. EXIF orientation is honoured;
+unreadable images are reported and skipped. ``run(**kwargs)`` returns one dict per image/frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from utils.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from utils.boxes import xyxy2xywh  # noqa: E402
+from utils.checkpoints import CheckpointError  # noqa: E402
+from utils.dataloaders import LoadImages  # noqa: E402
+from utils.inference import Detector  # noqa: E402
+from utils.plots import color  # noqa: E402
+from utils.train_utils import increment_path  # noqa: E402
+
+LOGGER = logging.getLogger("tinyfocal")
+
+
+def yolo_txt_lines(det: np.ndarray, shape: tuple[int, int], save_conf: bool) -> list[str]:
+    """(n, 6) ``[x1, y1, x2, y2, conf, cls]`` original px -> YOLO label lines ``cls x y w h [conf]`` normalised to
+    the ``shape`` = (h, w) image, numbers as ``%g``."""
+    h, w = shape
+    xywh = xyxy2xywh(det[:, :4].astype(np.float64)) / np.array([w, h, w, h])
+    rows = [(int(c), *b, cf) if save_conf else (int(c), *b) for b, cf, c in zip(xywh, det[:, 4], det[:, 5])]
+    return [("%g " * len(r)).rstrip() % tuple(r) for r in rows]
+
+
+def read_yolo_txt(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`yolo_txt_lines`: a label file -> (n, 5 or 6) ``[x1, y1, x2, y2, cls(, conf)]`` original px."""
+    h, w = shape
+    rows = np.array([[float(v) for v in line.split()] for line in Path(path).read_text().splitlines() if line.strip()])
+    if not len(rows):
+        return np.zeros((0, 5))
+    c, x, y, bw, bh = rows[:, 0], rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
+    out = [x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2, c] + ([rows[:, 5]] if rows.shape[1] > 5 else [])
+    return np.stack(out, 1)
+
+
+def annotate(im: np.ndarray, det: np.ndarray, names: dict[int, str], line_thickness: int | None = 3,
+             hide_labels: bool = False, hide_conf: bool = False) -> np.ndarray:
+    """Draw (n, 6) original-px detections on a copy of the BGR image ``im``; returns the copy."""
+    im = im.copy()
+    lw = line_thickness or max(round(sum(im.shape[:2]) / 2 * 0.003), 2)
+    for *xyxy, conf, cls in det.tolist():
+        c = int(cls)
+        bgr = color(c)[::-1]
+        p1, p2 = (int(xyxy[0]), int(xyxy[1])), (int(xyxy[2]), int(xyxy[3]))
+        cv2.rectangle(im, p1, p2, bgr, thickness=lw, lineType=cv2.LINE_AA)
+        if hide_labels:
+            continue
+        label = names.get(c, str(c)) if hide_conf else f"{names.get(c, str(c))} {conf:.2f}"
+        tf = max(lw - 1, 1)
+        tw, th = cv2.getTextSize(label, 0, fontScale=lw / 3, thickness=tf)[0]
+        outside = p1[1] - th - 3 >= 0  # label above the box when it fits
+        q2 = (p1[0] + tw, p1[1] - th - 3 if outside else p1[1] + th + 3)
+        cv2.rectangle(im, p1, q2, bgr, -1, cv2.LINE_AA)
+        cv2.putText(im, label, (p1[0], p1[1] - 2 if outside else p1[1] + th + 2), 0, lw / 3, (255, 255, 255),
+                    thickness=tf, lineType=cv2.LINE_AA)
+    return im
+
+
+def crop_box(im: np.ndarray, xyxy: np.ndarray, gain: float = 1.02, pad: int = 10) -> np.ndarray:
+    """The BGR crop of ``im`` around an original-px xyxy box enlarged by ``gain`` and ``pad`` px (YOLOv5's)."""
+    b = xyxy2xywh(np.asarray(xyxy, dtype=np.float64).reshape(1, 4))
+    b[:, 2:] = b[:, 2:] * gain + pad
+    x1, y1 = (b[0, :2] - b[0, 2:] / 2).astype(int)
+    x2, y2 = (b[0, :2] + b[0, 2:] / 2).astype(int)
+    h, w = im.shape[:2]
+    return im[max(y1, 0):min(y2, h), max(x1, 0):min(x2, w)]
+
+
+def _save_image(path: Path, im: np.ndarray) -> None:
+    ok, buf = cv2.imencode(path.suffix or ".jpg", im)
+    if not ok:
+        raise ValueError(f"{path}: OpenCV cannot encode an image with this extension")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def _describe(det: np.ndarray, names: dict[int, str]) -> str:
+    counts = Counter(int(c) for c in det[:, 5])
+    return ", ".join(f"{n} {names.get(c, str(c))}{'s' * (n > 1)}" for c, n in sorted(counts.items())) or "(no detections)"
+
+
+@torch.no_grad()
+def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] = 640, conf_thres: float = 0.25,
+        iou_thres: float = 0.45, max_det: int = 1000, device: str = "", save_txt: bool = False,
+        save_conf: bool = False, save_crop: bool = False, nosave: bool = False, classes: list[int] | None = None,
+        agnostic_nms: bool = False, project: str | Path = ROOT / "runs/detect", name: str = "exp",
+        exist_ok: bool = False, line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False,
+        half: bool = False, slice: int = 0, slice_overlap: float = 0.2, slice_full: bool = False,
+        slice_batch: int = 8, vid_stride: int = 1) -> list[dict]:
+    """Detect objects in ``source``; return one dict per image / video frame with keys ``path``, ``frame`` (video
+    frame number or None), ``shape`` (h, w original px), ``boxes`` (n, 4) xyxy original px, ``scores`` (n,),
+    ``classes`` (n,), ``save_path`` (annotated file or None), ``txt_path`` (or None) and ``times_ms``
+    (pre-process, inference, NMS). The run folder is in each dict's ``save_dir``.
+
+    Raises FileNotFoundError (missing weights/source, message names it) and CheckpointError (not a model).
+    """
+    imgsz = imgsz[0] if isinstance(imgsz, list | tuple) else imgsz
+    if isinstance(source, str | Path) and "*" not in str(source) and not Path(source).exists():
+        raise FileNotFoundError(f"source not found: {source} (expected an image, video, folder, glob or .txt list)")
+    detector = Detector(weights, imgsz, conf_thres, iou_thres, max_det, device, slice=slice,
+                        slice_overlap=slice_overlap, slice_full=slice_full, slice_batch=slice_batch,
+                        classes=classes, agnostic=agnostic_nms, half=half)
+    dataset = LoadImages(source, img_size=detector.imgsz, stride=detector.stride, auto=detector.backend.dynamic,
+                         vid_stride=vid_stride)
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+    if save_txt:
+        (save_dir / "labels").mkdir(parents=True, exist_ok=True)
+    names = detector.names
+    detector.backend.warmup((1, 3, detector.imgsz, detector.imgsz))
+    results, totals, writers = [], np.zeros(3), {}
+    try:
+        for path, im, im0, cap, desc in dataset:
+            times = [0.0, 0.0, 0.0]
+            det = detector.detect(im0, None if slice else im, times).cpu().numpy()
+            p = Path(path)
+            frame = getattr(dataset, "frame", 0) if cap is not None else None
+            stem = p.stem if frame is None else f"{p.stem}_{frame}"
+            r = {"path": str(p), "frame": frame, "shape": im0.shape[:2], "boxes": det[:, :4], "scores": det[:, 4],
+                 "classes": det[:, 5].astype(np.int64), "save_path": None, "txt_path": None,
+                 "times_ms": [t * 1e3 for t in times], "save_dir": save_dir}
+            if save_txt and len(det):
+                r["txt_path"] = save_dir / "labels" / f"{stem}.txt"
+                atomic_write_text(r["txt_path"], "\n".join(yolo_txt_lines(det, im0.shape[:2], save_conf)) + "\n")
+            if save_crop:
+                for k, d in enumerate(det):
+                    c = int(d[5])
+                    f = save_dir / "crops" / names.get(c, str(c)) / f"{stem}{k + 1 if k else ''}.jpg"
+                    f.parent.mkdir(parents=True, exist_ok=True)
+                    _save_image(f, crop_box(im0, d[:4]))
+            if not nosave:
+                drawn = annotate(im0, det, names, line_thickness, hide_labels, hide_conf)
+                if cap is None:
+                    r["save_path"] = save_dir / p.name
+                    _save_image(r["save_path"], drawn)
+                else:
+                    r["save_path"] = save_dir / f"{p.stem}.mp4"
+                    if str(p) not in writers:
+                        for wr in writers.values():
+                            wr.release()
+                        fps = cap.get(cv2.CAP_PROP_FPS) or 30
+                        writers = {str(p): cv2.VideoWriter(str(r["save_path"]), cv2.VideoWriter_fourcc(*"mp4v"),
+                                                           fps, (im0.shape[1], im0.shape[0]))}
+                    writers[str(p)].write(drawn)
+            totals += times
+            results.append(r)
+            h, w = (detector.imgsz, detector.imgsz) if slice else im.shape[1:]
+            LOGGER.info(f"{desc}{h}x{w} {_describe(det, names)}, {times[1] * 1e3:.1f}ms")
+    finally:
+        for wr in writers.values():
+            wr.release()
+    n = max(len(results), 1)
+    t = totals * 1e3 / n
+    LOGGER.info(f"Speed: {t[0]:.1f}ms pre-process, {t[1]:.1f}ms inference, {t[2]:.1f}ms NMS per image at shape "
+                f"(1, 3, {detector.imgsz}, {detector.imgsz}){f', sliced {slice} px' if slice else ''}")
+    if save_txt:
+        nl = len(list((save_dir / "labels").glob("*.txt")))
+        LOGGER.info(f"{nl} label{'s' * (nl != 1)} saved to {save_dir / 'labels'}")
+    if save_txt or save_crop or not nosave:
+        LOGGER.info(f"Results saved to {save_dir}")
+    return results
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", type=str, required=True, help="model .pt (ours or official YOLOv5) or .onnx")
+    p.add_argument("--source", type=str, required=True, help="image, video, folder, glob or .txt list")
+    p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="inference size (px)")
+    p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
+    p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=1000, help="maximum detections per image")
+    p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    p.add_argument("--save-txt", action="store_true", help="save results to labels/*.txt")
+    p.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
+    p.add_argument("--save-crop", action="store_true", help="save cropped prediction boxes")
+    p.add_argument("--nosave", action="store_true", help="do not save images/videos")
+    p.add_argument("--classes", nargs="+", type=int, help="filter by class: --classes 0, or --classes 0 2 3")
+    p.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
+    p.add_argument("--project", default=ROOT / "runs/detect", help="save results to project/name")
+    p.add_argument("--name", default="exp", help="save results to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    p.add_argument("--line-thickness", default=3, type=int, help="bounding box thickness (pixels)")
+    p.add_argument("--hide-labels", action="store_true", help="hide labels")
+    p.add_argument("--hide-conf", action="store_true", help="hide confidences")
+    p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA)")
+    p.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
+    p.add_argument("--slice", type=int, default=0, help="sliced inference: tile size in original px (0 = off)")
+    p.add_argument("--slice-overlap", type=float, default=0.2, help="overlap of neighbouring tiles (fraction)")
+    p.add_argument("--slice-full", action="store_true", help="also run the whole image downscaled when slicing")
+    p.add_argument("--slice-batch", type=int, default=8, help="tiles per forward pass")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    opt = get_args_parser().parse_args(argv)
+    try:
+        run(**vars(opt))
+    except (FileNotFoundError, CheckpointError, ValueError) as e:
+        LOGGER.error(f"detect.py: error: {e}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sys.exit(main())

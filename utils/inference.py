@@ -1,0 +1,227 @@
+"""Inference backends (PyTorch checkpoints, ONNX Runtime) and a small user API, ``Detector``.
+
+``load_backend(weights)`` picks the backend from the file: ``.onnx`` -> :class:`OnnxBackend`, anything else ->
+:class:`TorchBackend` (our checkpoints and official YOLOv5 v7.0 ``.pt`` files, via ``utils.checkpoints.load_model``,
+Conv+BN fused). Both expose ``device``, ``stride`` (tensor of per-level strides, px), ``nc``, ``names``, ``hyp``
+(dict or None), ``__call__(im)`` and ``sliced(im, slice_size, overlap)``: ``im`` is a (bs, 3, H, W) float tensor in
+[0, 1] and the result is the model's eval output ``pred`` (bs, N, 5 + nc) ``[x, y, w, h, obj, cls...]`` in input
+pixels, as float32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.augmentations import letterbox
+from utils.boxes import scale_boxes
+from utils.checkpoints import CheckpointError, load_model
+from utils.dataloaders import imread
+from utils.nms import non_max_suppression
+from utils.slicing import sliced_detect, sliced_predictions
+from utils.torch_utils import select_device, time_sync
+
+LOGGER = logging.getLogger(__name__)
+ONNX_META_KEYS = ("names", "stride", "nc", "imgsz")  # metadata_props written by export.py, values JSON
+
+
+class _Backend:
+    """Shared parts: attributes and sliced inference built on ``__call__``."""
+
+    device: torch.device
+    stride: torch.Tensor
+    nc: int | None
+    names: dict[int, str]
+    hyp: dict | None
+    fp16: bool = False
+    dynamic: bool = True
+
+    def __call__(self, im: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def sliced(self, im: torch.Tensor, slice_size: int, overlap: float = 0.2, **kwargs: Any) -> torch.Tensor:
+        """Sliced inference on network inputs (see ``utils.slicing.sliced_predictions``; ``kwargs`` go there)."""
+        kwargs.setdefault("stride", int(self.stride.max()))
+        return sliced_predictions(im, self, slice_size, overlap, **kwargs)
+
+    def warmup(self, imgsz: tuple[int, int, int, int] = (1, 3, 640, 640)) -> None:
+        """One forward on zeros (first-call allocations out of the timings)."""
+        self(torch.zeros(imgsz, device=self.device))
+
+
+class TorchBackend(_Backend):
+    """A DetectionModel in eval mode (fp16 on CUDA with ``half``)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, half: bool = False):
+        self.model, self.device = model, device
+        self.fp16 = half and device.type == "cuda"
+        if half and not self.fp16:
+            LOGGER.warning("--half needs a CUDA device: running in fp32 on %s", device)
+        if self.fp16:
+            model.half()
+        self.stride = model.stride.detach().cpu().clone()
+        self.nc = int(model.yaml["nc"])
+        self.names = dict(model.names)
+        hyp = getattr(model, "hyp", None)
+        self.hyp = hyp.to_dict() if hasattr(hyp, "to_dict") else (dict(hyp) if isinstance(hyp, dict) else None)
+
+    @torch.no_grad()
+    def __call__(self, im: torch.Tensor) -> torch.Tensor:
+        im = im.to(self.device, torch.float16 if self.fp16 else torch.float32)
+        return self.model(im)[0].float()
+
+
+class OnnxBackend(_Backend):
+    """An ONNX model exported by export.py, run with ONNX Runtime (CUDA provider when ``device`` is CUDA)."""
+
+    def __init__(self, path: Path, device: torch.device):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError(f"{path}: running .onnx models needs onnxruntime (pip install onnxruntime)") from e
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise CheckpointError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e)[:300]})") from None
+        self.device = device
+        meta = self.session.get_modelmeta().custom_metadata_map
+        missing = [k for k in ONNX_META_KEYS if k not in meta]
+        if missing:
+            raise CheckpointError(f"{path}: ONNX metadata lacks {missing}; export it with export.py")
+        try:
+            self.names = {int(k): str(v) for k, v in json.loads(meta["names"]).items()}
+            self.stride = torch.tensor(json.loads(meta["stride"]), dtype=torch.float32)
+            self.nc = int(json.loads(meta["nc"]))
+            self.hyp = json.loads(meta["hyp"]) if "hyp" in meta else None
+        except (ValueError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{path}: unreadable ONNX metadata ({e})") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name, self.shape = inp.name, list(inp.shape)  # ints, or names of dynamic axes
+        self.dynamic = not all(isinstance(d, int) for d in self.shape)
+        self.fp16 = "float16" in inp.type
+        self.path = path
+
+    def __call__(self, im: torch.Tensor) -> torch.Tensor:
+        bs, _, h, w = im.shape
+        x = im.detach().cpu().numpy().astype(np.float16 if self.fp16 else np.float32)
+        fixed_b, fixed_h, fixed_w = (d if isinstance(d, int) else None for d in (self.shape[0], *self.shape[2:]))
+        if (fixed_h and h > fixed_h) or (fixed_w and w > fixed_w):
+            raise ValueError(f"{self.path}: input {h}x{w} is larger than the exported fixed size "
+                             f"{fixed_h}x{fixed_w}; re-export with --dynamic or a larger --imgsz")
+        if (fixed_h and h < fixed_h) or (fixed_w and w < fixed_w):  # pad right/bottom: coordinates unchanged
+            pad = np.full((bs, 3, fixed_h or h, fixed_w or w), 114 / 255, dtype=x.dtype)
+            pad[:, :, :h, :w] = x
+            x = pad
+        if fixed_b and bs != fixed_b:  # fixed batch (1 by default): one image at a time
+            out = np.concatenate([self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(bs)])
+        else:
+            out = self.session.run(None, {self.input_name: x})[0]
+        return torch.from_numpy(out.astype(np.float32)).to(im.device)
+
+
+def load_backend(weights: str | Path, device: str | torch.device = "", half: bool = False,
+                 fuse: bool = True) -> TorchBackend | OnnxBackend:
+    """The inference backend for ``weights``: ``.onnx`` -> ONNX Runtime, otherwise a PyTorch checkpoint (ours or
+    official YOLOv5 v7.0), fused for inference when ``fuse``.
+
+    Raises:
+        FileNotFoundError: ``weights`` does not exist.
+        CheckpointError: the file is not a model (message names the file and why).
+    """
+    path = Path(weights)
+    if not path.exists():
+        raise FileNotFoundError(f"weights not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, expected a .pt checkpoint or an .onnx model file")
+    dev = select_device(device)
+    if path.suffix.lower() == ".onnx":
+        return OnnxBackend(path, dev)
+    return TorchBackend(load_model(path, dev, fuse=fuse), dev, half)
+
+
+def to_tensor(im: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(3, h, w) uint8 RGB letterboxed image (as ``LoadImages`` yields) -> (1, 3, h, w) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(im)).to(device).float()[None] / 255
+
+
+class Detector:
+    """Detect objects in images: ``Detector('best.pt')(image)`` -> {'boxes', 'scores', 'classes'}.
+
+    ``image`` is an HWC uint8 BGR array (OpenCV order) or a path; boxes come back as (n, 4) float32 xyxy in
+    original-image pixels, scores (n,) float32, classes (n,) int64, by decreasing score. ``slice`` > 0 runs sliced
+    inference with tiles of that many original pixels (``slice_full`` adds the whole image downscaled).
+    """
+
+    def __init__(self, weights: str | Path, imgsz: int = 640, conf_thres: float = 0.25, iou_thres: float = 0.45,
+                 max_det: int = 300, device: str | torch.device = "", slice: int = 0, slice_overlap: float = 0.2,
+                 slice_full: bool = False, slice_batch: int = 8, classes: list[int] | None = None,
+                 agnostic: bool = False, half: bool = False):
+        self.backend = load_backend(weights, device=device, half=half)
+        self.stride = int(self.backend.stride.max())
+        if imgsz % self.stride:
+            new = int(np.ceil(imgsz / self.stride) * self.stride)
+            LOGGER.warning(f"imgsz {imgsz} is not a multiple of the stride {self.stride}: using {new}")
+            imgsz = new
+        if not self.backend.dynamic:
+            fixed = self.backend.shape[2]
+            if imgsz != fixed:
+                LOGGER.warning(f"{weights}: exported at a fixed {fixed} px: using imgsz {fixed}")
+                imgsz = fixed
+        self.imgsz, self.conf_thres, self.iou_thres, self.max_det = imgsz, conf_thres, iou_thres, max_det
+        self.slice, self.slice_overlap, self.slice_full, self.slice_batch = slice, slice_overlap, slice_full, \
+            slice_batch
+        self.classes, self.agnostic = classes, agnostic
+        self.names = self.backend.names
+
+    def detect(self, im0: np.ndarray, im: np.ndarray | None = None,
+               times: list[float] | None = None) -> torch.Tensor:
+        """(n, 6) ``[x1, y1, x2, y2, conf, cls]`` in original px for the BGR image ``im0``.
+
+        ``im``: ``im0`` already letterboxed, (3, h, w) uint8 RGB as ``LoadImages`` yields (skips pre-processing).
+        ``times``: [pre-process, inference, NMS] seconds, accumulated.
+        """
+        if im0.ndim != 3 or im0.shape[2] != 3 or im0.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 BGR image, got shape {im0.shape} dtype {im0.dtype}")
+        times = times if times is not None else [0.0, 0.0, 0.0]
+        if self.slice:
+            return sliced_detect(im0, self.backend, self.imgsz, self.slice, self.slice_overlap, self.slice_full,
+                                 self.slice_batch, self.conf_thres, self.iou_thres, self.classes, self.agnostic,
+                                 self.max_det, device=self.backend.device, times=times)
+        t0 = time_sync()
+        if im is None:
+            im = letterbox(im0, self.imgsz, stride=self.stride, auto=self.backend.dynamic)[0].transpose(2, 0, 1)[::-1]
+        x = to_tensor(im, self.backend.device)
+        t1 = time_sync()
+        pred = self.backend(x)
+        t2 = time_sync()
+        det = non_max_suppression(pred, self.conf_thres, self.iou_thres, self.classes, self.agnostic,
+                                  max_det=self.max_det)[0]
+        scale_boxes(x.shape[2:], det[:, :4], im0.shape[:2])
+        t3 = time_sync()
+        for i, t in enumerate((t1 - t0, t2 - t1, t3 - t2)):
+            times[i] += t
+        return det
+
+    def __call__(self, image: np.ndarray | str | Path) -> dict[str, np.ndarray]:
+        if isinstance(image, str | Path):
+            path = Path(image)
+            if not path.is_file():
+                raise FileNotFoundError(f"image not found: {path}")
+            im0 = imread(str(path))
+            if im0 is None:
+                raise ValueError(f"{path}: not a readable image")
+        elif isinstance(image, np.ndarray):
+            im0 = image
+        else:
+            raise TypeError(f"expected an image array (HxWx3 BGR uint8) or a path, got {type(image).__name__}")
+        det = self.detect(im0).cpu()
+        return {"boxes": det[:, :4].numpy().astype(np.float32), "scores": det[:, 4].numpy().astype(np.float32),
+                "classes": det[:, 5].numpy().astype(np.int64)}

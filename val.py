@@ -1,0 +1,306 @@
+"""Validate a trained detector: YOLOv5's P, R, mAP plus a per-size-bucket breakdown (tiny vs big by default).
+
+Usage:
+    python val.py --weights runs/train/exp/weights/best.pt --data data/synthetic-tiny.yaml --imgsz 256
+    python val.py --weights best.pt --data coco128.yaml --size-buckets coco --save-json
+    python val.py --weights best.pt --size-buckets 0 64 256 1024 inf     # explicit area edges (px²)
+
+Size buckets are measured in ORIGINAL-image pixels (the image on disk), like COCO's small/medium/large; the
+default tiny/big split is at the TFL area S (1024 px², or the run's ``tfl_s``). TFL itself weighs objects by their
+area at the network input; for letterboxed square inputs the two differ by the resize factor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from utils.atomic import atomic_write_text  # noqa: E402
+from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
+from utils.coco_eval import coco_evaluate, detections_to_coco_json, image_id_from_path, yolo_labels_to_coco  # noqa: E402
+from utils.dataloaders import create_dataloader  # noqa: E402
+from utils.dataset_yaml import DatasetError, check_dataset  # noqa: E402
+from utils.metrics import ConfusionMatrix, match_predictions, mean_results, pr_curves  # noqa: E402
+from utils.nms import non_max_suppression  # noqa: E402
+from utils.plots import plot_images  # noqa: E402
+from utils.size_metrics import SizeBucketStats, format_size_table, size_buckets  # noqa: E402
+from utils.train_utils import LOGGER, increment_path  # noqa: E402
+
+IOUV = torch.linspace(0.5, 0.95, 10)  # IoU thresholds of mAP@.5:.95
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=str, default="data/synthetic-tiny.yaml", help="dataset YAML")
+    p.add_argument("--weights", type=str, required=True, help="model .pt (ours or official YOLOv5) or .onnx")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=256, help="inference size (px)")
+    p.add_argument("--conf-thres", type=float, default=0.001)
+    p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=300)
+    p.add_argument("--task", default="val", choices=["val", "test", "speed"])
+    p.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
+    p.add_argument("--verbose", action="store_true", help="report mAP by class")
+    p.add_argument("--save-txt", action="store_true", help="save results to *.txt (YOLO format)")
+    p.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
+    p.add_argument("--save-json", action="store_true", help="save COCO-JSON detections and evaluate with pycocotools")
+    p.add_argument("--project", default=str(ROOT / "runs/val"))
+    p.add_argument("--name", default="exp")
+    p.add_argument("--exist-ok", action="store_true")
+    p.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
+    p.add_argument("--size-buckets", nargs="+", default=["tiny"],
+                   help="tiny (split at --tfl-s), coco, aitod, or explicit area edges in original px²")
+    p.add_argument("--tfl-s", type=float, default=None, help="tiny/big area S (px²); default: the run's or 1024")
+    p.add_argument("--slice", type=int, default=0, help="sliced inference tile size (px), 0 = off")
+    p.add_argument("--slice-overlap", type=float, default=0.2)
+    return p
+
+
+def bucket_spec(spec: list[str] | str) -> str | list[float]:
+    """CLI ``--size-buckets`` -> the spec ``size_buckets`` takes (a name or a list of area edges)."""
+    if isinstance(spec, str):
+        return spec
+    if len(spec) == 1 and not _is_number(spec[0]):
+        return spec[0]
+    try:
+        return [float(x) for x in spec]
+    except ValueError:
+        raise ValueError(f"--size-buckets: expected tiny, coco, aitod or numbers, got {spec}") from None
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+class Accumulator:
+    """Per-image matches for overall, per-class and per-bucket metrics, plus the confusion matrix."""
+
+    def __init__(self, nc: int, buckets) -> None:
+        self.stats: list[tuple[np.ndarray, ...]] = []
+        self.sizes = SizeBucketStats(buckets, IOUV.tolist())
+        self.confusion = ConfusionMatrix(nc=nc)
+
+    def update(self, predn: torch.Tensor, labelsn: torch.Tensor) -> None:
+        """predn (N, 6) [x1, y1, x2, y2, conf, cls], labelsn (M, 5) [cls, x1, y1, x2, y2], original pixels."""
+        correct = match_predictions(predn, labelsn, IOUV) if len(predn) else torch.zeros(0, len(IOUV), dtype=torch.bool)
+        self.stats.append((correct.cpu().numpy(), predn[:, 4].cpu().numpy(), predn[:, 5].cpu().numpy(),
+                           labelsn[:, 0].cpu().numpy()))
+        self.sizes.update(predn.cpu(), labelsn.cpu())
+        self.confusion.process_batch(predn.cpu() if len(predn) else None, labelsn.cpu())
+
+    def compute(self, names: dict[int, str], save_dir: Path | None) -> dict:
+        tp, conf, pcls, tcls = (np.concatenate(x, 0) for x in zip(*self.stats)) if self.stats else (
+            np.zeros((0, 10), bool), np.zeros(0), np.zeros(0), np.zeros(0))
+        curves = pr_curves(tp, conf, pcls, tcls)
+        if save_dir is not None:
+            curves.plot(save_dir, names)
+        _, _, p, r, _, ap, classes = curves.summary()
+        mp, mr, map50, map_ = mean_results(p, r, ap)
+        per_class = {names.get(int(c), str(int(c))): {"n_gt": int(n), "p": float(p[i]), "r": float(r[i]),
+                                                       "map50": float(ap[i, 0]), "map50_95": float(ap[i].mean())}
+                     for i, (c, n) in enumerate(zip(classes, curves.n_gt))}
+        conf_op = curves.best_conf
+        return {"metrics/precision": mp, "metrics/recall": mr, "metrics/mAP_0.5": map50, "metrics/mAP_0.5:0.95": map_,
+                "n_images": len(self.stats), "n_gt": int(len(tcls)), "operating_conf": conf_op,
+                "per_class": per_class, "size_buckets": self.sizes.compute(conf_op)}
+
+
+@torch.no_grad()
+def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgsz: int = 256,
+        conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300, task: str = "val", device: str = "",
+        workers: int = 2, single_cls: bool = False, verbose: bool = False, save_txt: bool = False,
+        save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / "runs/val", name: str = "exp",
+        exist_ok: bool = False, half: bool = False, size_buckets_spec: str | list[float] = "tiny",
+        tfl_s: float | None = None, model=None, dataloader=None, save_dir: Path | None = None, plots: bool = True,
+        compute_loss=None, names: dict[int, str] | None = None, slice_size: int = 0, slice_overlap: float = 0.2,
+        ) -> dict:
+    """Validate ``model`` (when train.py passes it) or the model in ``weights`` on ``data``'s ``task`` split.
+
+    Returns a dict with 'metrics/precision', 'metrics/recall', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95',
+    'val/{box,obj,cls}_loss' (when ``compute_loss``), 'per_class', 'size_buckets', 'coco' (with ``save_json``) and
+    'speed_ms' (pre-process, inference, NMS per image). The same dict is saved as ``metrics.json`` in ``save_dir``.
+    """
+    training = model is not None
+    data = check_dataset(data) if not isinstance(data, dict) or "nc" not in data else data
+    split = "val" if task == "speed" else task
+    if not data.get(split):
+        raise DatasetError(f"{data.get('yaml_file') or 'data'}: no '{split}' split to validate on")
+    if training:
+        device = next(model.parameters()).device
+        half &= device.type == "cuda"
+        backend = None
+    else:
+        from utils.inference import load_backend  # late import: detect/export pieces are not needed by training
+
+        backend = load_backend(weights, device=device, half=half)
+        model, device = backend, backend.device
+        tfl_s = tfl_s or (backend.hyp or {}).get("tfl_s")
+    stride = int(max(model.stride)) if hasattr(model, "stride") else 32
+    nc = 1 if single_cls else int(data["nc"])
+    names = names or ({0: "item"} if single_cls else data["names"])
+    if backend is not None and backend.nc is not None and backend.nc != nc:
+        raise ValueError(f"{weights} was trained for {backend.nc} classes but {data.get('yaml_file')} has {nc}: "
+                         "pass --single-cls or the matching data YAML")
+    if save_dir is None:
+        save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+    if save_txt:
+        (save_dir / "labels").mkdir(parents=True, exist_ok=True)
+    if dataloader is None:
+        dataloader = create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=0.5, rect=True,
+                                       workers=workers, prefix=f"{split}: ", nc=nc)[0]
+    if training:
+        model.half() if half else model.float()
+        model.eval()
+    acc = Accumulator(nc, size_buckets(bucket_spec(size_buckets_spec), tfl_s or 1024.0))
+    loss = torch.zeros(3, device=device)
+    jdict, coco_images, dt = [], [], [0.0, 0.0, 0.0]
+    for batch_i, (im, targets, paths, shapes) in enumerate(tqdm(dataloader, desc="val", leave=False)):
+        t0 = time.perf_counter()
+        im = im.to(device, non_blocking=True)
+        im = (im.half() if half else im.float()) / 255
+        targets = targets.to(device)
+        nb, _, height, width = im.shape
+        t1 = time.perf_counter()
+        if backend is not None:
+            preds, train_out = (backend.sliced(im, slice_size, slice_overlap) if slice_size else backend(im)), None
+        else:
+            preds, train_out = model(im)
+        t2 = time.perf_counter()
+        if compute_loss is not None and train_out is not None:
+            loss += compute_loss(train_out, targets)[1]
+        targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)  # to input pixels
+        preds = non_max_suppression(preds, conf_thres, iou_thres, multi_label=True, agnostic=single_cls,
+                                    max_det=max_det)
+        t3 = time.perf_counter()
+        dt = [dt[0] + t1 - t0, dt[1] + t2 - t1, dt[2] + t3 - t2]
+        for si, pred in enumerate(preds):
+            labels = targets[targets[:, 0] == si, 1:]
+            path, shape = Path(paths[si]), shapes[si][0]
+            predn = pred.clone()
+            if single_cls:
+                predn[:, 5] = 0
+            scale_boxes(im[si].shape[1:], predn[:, :4], shape, shapes[si][1])  # to original pixels
+            tbox = xywh2xyxy(labels[:, 1:5])
+            scale_boxes(im[si].shape[1:], tbox, shape, shapes[si][1])
+            labelsn = torch.cat((labels[:, 0:1], tbox), 1)
+            acc.update(predn, labelsn)
+            if save_txt:
+                save_one_txt(predn, save_conf, shape, save_dir / "labels" / f"{path.stem}.txt")
+            if save_json:
+                jdict += detections_to_coco_json(predn, image_id_from_path(path))
+                coco_images.append((path, shape, labelsn.cpu().numpy()))
+        if plots and batch_i < 3:
+            plot_images(im, targets, paths, save_dir / f"val_batch{batch_i}_labels.jpg", names)
+            plot_images(im, preds_to_targets(preds), paths, save_dir / f"val_batch{batch_i}_pred.jpg", names)
+
+    results = acc.compute(names, save_dir if plots else None)
+    seen = max(results["n_images"], 1)
+    results["speed_ms"] = {"preprocess": dt[0] * 1e3 / seen, "inference": dt[1] * 1e3 / seen,
+                           "nms": dt[2] * 1e3 / seen}
+    if compute_loss is not None:
+        results.update({f"val/{n}_loss": float(v) / len(dataloader) for n, v in zip(("box", "obj", "cls"), loss)})
+    if plots:
+        acc.confusion.plot(save_dir=save_dir, names=list(names.values()))
+    if save_json and jdict:
+        results["coco"] = evaluate_coco(jdict, coco_images, names, save_dir, Path(weights or "model").stem)
+    report(results, names, verbose or (not training and nc < 50), training)
+    atomic_write_text(save_dir / "metrics.json", json.dumps(_json_safe(results), indent=2))
+    if training:
+        model.float()
+    return results
+
+
+def preds_to_targets(preds: list[torch.Tensor]) -> torch.Tensor:
+    """NMS output per image -> (n, 7) [img_idx, cls, x, y, w, h, conf] input pixels, for plot_images."""
+    rows = [torch.cat((torch.full((len(p), 1), i, device=p.device), p[:, 5:6], xyxy2xywh(p[:, :4]), p[:, 4:5]), 1)
+            for i, p in enumerate(preds)]
+    return torch.cat(rows, 0) if rows else torch.zeros((0, 7))
+
+
+def save_one_txt(predn: torch.Tensor, save_conf: bool, shape: tuple[int, int], file: Path) -> None:
+    """Detections (original pixels) -> a YOLO-format label file: cls x y w h [conf], normalised."""
+    gain = torch.tensor(shape, device=predn.device)[[1, 0, 1, 0]]
+    lines = []
+    for *xyxy, conf, cls in predn.tolist():
+        xywh = (xyxy2xywh(torch.tensor(xyxy, device=predn.device).view(1, 4)) / gain).view(-1).tolist()
+        row = (cls, *xywh, conf) if save_conf else (cls, *xywh)
+        lines.append(("%g " * len(row)).rstrip() % row)
+    atomic_write_text(file, "\n".join(lines) + ("\n" if lines else ""))
+
+
+def evaluate_coco(jdict: list, images: list, names: dict[int, str], save_dir: Path, stem: str) -> dict:
+    """Save detections as COCO JSON, build the annotations from the YOLO labels, evaluate with pycocotools."""
+    files = [str(p) for p, _, _ in images]
+    sizes = [(s[1], s[0]) for _, s, _ in images]  # (w, h)
+    labels = []
+    for _, (h, w), lab in images:  # back to normalised xywh for the converter
+        xywh = xyxy2xywh(torch.from_numpy(lab[:, 1:5].copy())).numpy() / np.array([w, h, w, h])
+        labels.append(np.concatenate((lab[:, :1], xywh), 1))
+    anno = yolo_labels_to_coco(files, labels, sizes, names)
+    atomic_write_text(save_dir / f"{stem}_predictions.json", json.dumps(jdict))
+    return coco_evaluate(anno, jdict)
+
+
+def report(results: dict, names: dict[int, str], per_class: bool, training: bool) -> None:
+    """Print the overall line, per-class lines and the size-bucket table."""
+    head = f"{'Class':>20}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
+    lines = [head, f"{'all':>20}{results['n_images']:>11}{results['n_gt']:>11}"
+             + "".join(f"{results[k]:>11.3g}" for k in ("metrics/precision", "metrics/recall", "metrics/mAP_0.5",
+                                                          "metrics/mAP_0.5:0.95"))]
+    if per_class:
+        for name, m in results["per_class"].items():
+            lines.append(f"{name:>20}{results['n_images']:>11}{m['n_gt']:>11}"
+                         + "".join(f"{m[k]:>11.3g}" for k in ("p", "r", "map50", "map50_95")))
+    lines += ["", "Size buckets (original-image px², P and R at the overall operating confidence "
+              f"{results['operating_conf']:.3f}):", format_size_table(results["size_buckets"])]
+    if "coco" in results:
+        lines.append("COCO: " + ", ".join(f"{k}={v:.3f}" for k, v in results["coco"].items()))
+    if not training:
+        s = results["speed_ms"]
+        lines.append(f"Speed: {s['preprocess']:.1f}ms pre-process, {s['inference']:.1f}ms inference, "
+                     f"{s['nms']:.1f}ms NMS per image")
+    LOGGER.info("\n".join(lines))
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else str(x)
+    if isinstance(x, np.generic):
+        return _json_safe(x.item())
+    return x
+
+
+def main(opt: argparse.Namespace) -> dict:
+    kw = vars(opt).copy()
+    kw["size_buckets_spec"] = kw.pop("size_buckets")
+    kw["slice_size"] = kw.pop("slice")
+    return run(**kw)
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main(get_args_parser().parse_args())
