@@ -101,7 +101,8 @@ def _save_image(path: Path, im: np.ndarray) -> None:
 
 def _describe(det: np.ndarray, names: dict[int, str]) -> str:
     counts = Counter(int(c) for c in det[:, 5])
-    return ", ".join(f"{n} {names.get(c, str(c))}{'s' * (n > 1)}" for c, n in sorted(counts.items())) or "(no detections)"
+    text = ", ".join(f"{n} {names.get(c, str(c))}{'s' * (n > 1)}" for c, n in sorted(counts.items()))
+    return text or "(no detections)"
 
 
 @torch.no_grad()

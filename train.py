@@ -304,8 +304,10 @@ def train(opt: argparse.Namespace) -> dict:
         optimizer, lambda e: lr_factor(e, opt.epochs, hyp.lrf, opt.cos_lr))
     ema = ModelEMA(model) if main_process else None
     start_epoch, best_fitness = 0, 0.0
+    state = {"nw": max(round(hyp.warmup_epochs * len(train_loader)), 100), "last_opt_step": -1}
     if ckpt:
         start_epoch, best_fitness = restore_training_state(ckpt, model, ema, optimizer, scheduler)
+        state["last_opt_step"] = (ckpt.get("extra") or {}).get("last_opt_step", -1)
     if local_rank != -1:
         if opt.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -317,7 +319,6 @@ def train(opt: argparse.Namespace) -> dict:
     logger = RunLogger(save_dir, names) if main_process else None
     stopper, guard = EarlyStopping(opt.patience), NonFiniteGuard()
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    state = {"nw": max(round(hyp.warmup_epochs * len(train_loader)), 100), "last_opt_step": -1}
     results, t0 = {}, time.time()
     LOGGER.info(f"Image sizes {imgsz} train, {imgsz} val; {len(dataset)} train images, batch {opt.batch_size}; "
                 f"logging to {save_dir}; starting training for {opt.epochs} epochs...")
@@ -338,7 +339,8 @@ def train(opt: argparse.Namespace) -> dict:
         best_fitness = max(best_fitness, fi)
         logger.log_epoch(epoch, epoch_row(mloss, results, optimizer))
         if not opt.nosave or final:
-            save_epoch(weights_dir, model, ema, optimizer, scheduler, epoch, best_fitness, fi, hyp, opt, names)
+            save_epoch(weights_dir, model, ema, optimizer, scheduler, epoch, best_fitness, fi, hyp, opt, names,
+                       state)
         if stopper(epoch, fi):
             break
     if main_process:
@@ -388,9 +390,11 @@ def epoch_row(mloss: torch.Tensor, results: dict, optimizer) -> dict[str, float]
 
 
 def save_epoch(weights_dir: Path, model, ema, optimizer, scheduler, epoch: int, best_fitness: float, fi: float,
-               hyp: Hyp, opt, names) -> None:
+               hyp: Hyp, opt, names, state: dict) -> None:
+    """last.pt every epoch, best.pt when fitness ties or beats the best, epoch{n}.pt every --save-period."""
     kw = dict(model=de_parallel(model), ema=ema, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-              best_fitness=best_fitness, hyp=hyp.to_dict(), opt=plain(vars(opt)), names=names)
+              best_fitness=best_fitness, hyp=hyp.to_dict(), opt=plain(vars(opt)), names=names,
+              extra={"last_opt_step": state["last_opt_step"]})
     save_checkpoint(weights_dir / "last.pt", **kw)
     if fi >= best_fitness:
         save_checkpoint(weights_dir / "best.pt", **kw)

@@ -42,8 +42,8 @@ class SyntheticParams:
     n_val: int = 100  # validation images
     imgsz: int = 256  # square image side
     seed: int = 0  # base seed; image i of a split uses (seed, split, i)
-    min_objects: int = 3  # objects per image, uniform in [min_objects, max_objects]
-    max_objects: int = 8
+    min_objects: int = 4  # objects per image, uniform in [min_objects, max_objects]
+    max_objects: int = 10
     min_side: float = 5.0  # object side, log-uniform in [min_side, max_side]
     max_side: float = 0.0  # 0 -> imgsz / 2
     hue_jitter: int = 10  # +/- OpenCV hue units around the class hue

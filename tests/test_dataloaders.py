@@ -205,6 +205,14 @@ def test_load_images(tmp_path, caplog):
     assert im0.shape == (40, 20, 3) and im.shape == (3, 64, 32) and cap is None and "image 4/4" in s
     with pytest.raises(FileNotFoundError, match="nothere.jpg"):
         LoadImages(tmp_path / "nothere.jpg")
+    video = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (48, 32))
+    for k in range(3):
+        writer.write(np.full((32, 48, 3), 50 * k, np.uint8))
+    writer.release()
+    items = list(LoadImages([tmp_path / "images" / "0.png", video], img_size=64, stride=32))
+    assert len(items) == 4 and items[0][3] is None and all(it[3] is not None for it in items[1:])
+    assert items[3][2].shape == (32, 48, 3) and items[3][1].shape == (3, 64, 64) and "(3/3)" in items[3][4]
 
 
 def test_plots_smoke(tmp_path):

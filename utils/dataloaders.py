@@ -301,6 +301,7 @@ class LoadImagesAndLabels(Dataset):
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: give each worker's dataset copy its own seed (torch's per-worker seed)."""
     info = get_worker_info()
+    cv2.setNumThreads(0)  # this process only: OpenCV threads would compete with the other workers
     seed = info.seed % 2**32
     random.seed(seed)
     np.random.seed(seed)

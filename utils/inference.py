@@ -79,7 +79,7 @@ class TorchBackend(_Backend):
 class OnnxBackend(_Backend):
     """An ONNX model exported by export.py, run with ONNX Runtime (CUDA provider when ``device`` is CUDA)."""
 
-    def __init__(self, path: Path, device: torch.device):
+    def __init__(self, path: Path, device: torch.device, threads: int | None = None):
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - depends on the environment
@@ -87,8 +87,11 @@ class OnnxBackend(_Backend):
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types
             raise CheckpointError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e)[:300]})") from None
         self.device = device
@@ -127,10 +130,11 @@ class OnnxBackend(_Backend):
         return torch.from_numpy(out.astype(np.float32)).to(im.device)
 
 
-def load_backend(weights: str | Path, device: str | torch.device = "", half: bool = False,
-                 fuse: bool = True) -> TorchBackend | OnnxBackend:
+def load_backend(weights: str | Path, device: str | torch.device = "", half: bool = False, fuse: bool = True,
+                 threads: int | None = None) -> TorchBackend | OnnxBackend:
     """The inference backend for ``weights``: ``.onnx`` -> ONNX Runtime, otherwise a PyTorch checkpoint (ours or
-    official YOLOv5 v7.0), fused for inference when ``fuse``.
+    official YOLOv5 v7.0), fused for inference when ``fuse``. ``threads``: ONNX Runtime intra-op threads (None:
+    its default; PyTorch uses ``torch.set_num_threads``).
 
     Raises:
         FileNotFoundError: ``weights`` does not exist.
@@ -143,7 +147,7 @@ def load_backend(weights: str | Path, device: str | torch.device = "", half: boo
         raise CheckpointError(f"{path}: is a folder, expected a .pt checkpoint or an .onnx model file")
     dev = select_device(device)
     if path.suffix.lower() == ".onnx":
-        return OnnxBackend(path, dev)
+        return OnnxBackend(path, dev, threads)
     return TorchBackend(load_model(path, dev, fuse=fuse), dev, half)
 
 

@@ -10,6 +10,8 @@ so a 10,000 x 10,000 image never builds more than one chunk of inputs at a time.
 Merging (documented choice): per tile, the usual ``non_max_suppression``; boxes are mapped back to original pixels
 and then, over all tiles,
 
+Boxes stay unclipped until the end, so a single tile covering the whole image gives exactly the plain result.
+
 1. **IoS suppression of cut fragments**: a box that touches an *interior* tile edge (a tile edge that is not an
    image border, within ``margin`` pixels of that tile's input) is a possibly truncated view of an object. It is
    dropped when a larger box of the same class (any class with ``agnostic``) covers at least ``ios_thres`` of
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 import torchvision
 
 from utils.augmentations import letterbox
-from utils.boxes import scale_boxes, xyxy2xywh
+from utils.boxes import clip_boxes, xyxy2xywh
 from utils.nms import non_max_suppression
 from utils.torch_utils import time_sync
 
@@ -122,10 +124,11 @@ def merge_detections(dets: torch.Tensor, cut: torch.Tensor, iou_thres: float = 0
 
 def _run_tiles(tiles: np.ndarray, views: list[bool], load: Callable[[int], tuple[torch.Tensor, float, tuple]],
                predict: Predict, img_hw: tuple[int, int], batch: int, nms: dict, margin: float,
-               times: list[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+               times: list[float] | None, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``predict`` on the tiles in chunks of ``batch``; return (dets (n, 6) original px, cut (n,) bool).
 
-    ``load(i)`` -> (tile i as a (3, s, s) float tensor at the model size, gain, (padw, padh)) as letterbox gives;
+    ``load(i)`` -> (tile i at the model size as a (3, s, s) uint8 tensor (0-255) or float tensor (0-1), gain,
+    (padw, padh)) as letterbox gives; batches are moved to ``device`` and made float [0, 1].
     ``views[i]`` is True for the whole-image view (never cut). ``times`` (pre-process, inference, NMS) seconds are
     accumulated when given.
     """
@@ -135,7 +138,8 @@ def _run_tiles(tiles: np.ndarray, views: list[bool], load: Callable[[int], tuple
     for s in range(0, len(tiles), batch):
         t0 = time_sync()
         loaded = [load(i) for i in range(s, min(s + batch, len(tiles)))]
-        x = torch.stack([t for t, _, _ in loaded])
+        x = torch.stack([t for t, _, _ in loaded]).to(device)
+        x = x.float() / 255 if x.dtype == torch.uint8 else x
         t1 = time_sync()
         pred = predict(x)
         t2 = time_sync()
@@ -143,10 +147,9 @@ def _run_tiles(tiles: np.ndarray, views: list[bool], load: Callable[[int], tuple
         for k, (d, (_, gain, pad)) in enumerate(zip(out, loaded)):
             i = s + k
             x0, y0, x1, y1 = (int(v) for v in tiles[i])
-            d = d.float().clone()
-            scale_boxes(x.shape[2:], d[:, :4], (y1 - y0, x1 - x0), ((gain, gain), pad))
-            d[:, [0, 2]] += x0
-            d[:, [1, 3]] += y0
+            d = d.float().clone()  # tile input px -> original px, not clipped (NMS saw unclipped boxes)
+            d[:, [0, 2]] = (d[:, [0, 2]] - pad[0]) / gain + x0
+            d[:, [1, 3]] = (d[:, [1, 3]] - pad[1]) / gain + y0
             dets.append(d)
             cuts.append(torch.zeros(len(d), dtype=torch.bool, device=d.device) if views[i]
                         else cut_flags(d[:, :4], tiles[i], img_hw, margin / gain))
@@ -180,14 +183,14 @@ def sliced_detect(image: np.ndarray, predict: Predict, imgsz: int, slice_size: i
     def load(i: int) -> tuple[torch.Tensor, float, tuple]:
         x0, y0, x1, y1 = tiles[i]
         im, ratio, pad = letterbox(image[y0:y1, x0:x1], imgsz, auto=False)
-        t = torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1)[::-1])).to(device)
-        return t.float() / 255, ratio[0], pad
+        return torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1)[::-1])), ratio[0], pad
 
     nms = {"conf_thres": conf_thres, "iou_thres": iou_thres, "classes": classes, "agnostic": agnostic,
            "max_det": max_det}
-    dets, cut = _run_tiles(tiles, views, load, predict, (h, w), batch, nms, margin, times)
+    dets, cut = _run_tiles(tiles, views, load, predict, (h, w), batch, nms, margin, times, device)
     t = time_sync()
     out = dets[merge_detections(dets, cut, iou_thres, ios_thres, agnostic)[:max_det]]
+    clip_boxes(out[:, :4], (h, w))
     if times is not None:
         times[2] += time_sync() - t
     return out
@@ -204,9 +207,9 @@ def sliced_predictions(im: torch.Tensor, predict: Predict, slice_size: int, over
             (default: ``slice_size`` rounded up to a multiple of ``stride``, i.e. no resize) and padded square.
         conf_thres, iou_thres, multi_label, max_det: the per-tile NMS and the merge (defaults: val.py's).
     Returns:
-        (bs, N, 5 + nc) rows ``[x, y, w, h (pixels of im), obj = conf, one-hot class]``: each merged detection
-        becomes one row, so ``non_max_suppression`` on it returns the merged detections again. Rows of images with
-        fewer detections are zero (objectness 0, filtered by any conf threshold).
+        (bs, N, 5 + nc) rows ``[x, y, w, h (pixels of im, unclipped), obj = conf, one-hot class]``: each merged
+        detection becomes one row, so ``non_max_suppression`` on it returns the merged detections again. Rows of
+        images with fewer detections are zero (objectness 0, filtered by any conf threshold).
     """
     bs, _, h, w = im.shape
     s = tile_imgsz or int(np.ceil(min(slice_size, max(h, w)) / stride) * stride)
@@ -227,7 +230,7 @@ def sliced_predictions(im: torch.Tensor, predict: Predict, slice_size: int, over
             nc = p.shape[2] - 5
             return p
 
-        dets, cut = _run_tiles(tiles, views, load, run, (h, w), batch, nms, margin, None)
+        dets, cut = _run_tiles(tiles, views, load, run, (h, w), batch, nms, margin, None, im.device)
         rows.append(dets[merge_detections(dets, cut, iou_thres, ios_thres)])
     n = max(len(r) for r in rows)
     out = torch.zeros((bs, n, 5 + nc), device=im.device)

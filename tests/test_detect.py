@@ -1,0 +1,221 @@
+"""detect.py and utils/inference.py: saved images and YOLO txt files, the Detector API, sources, EXIF, errors,
+and parity of the whole detect pipeline with the YOLOv5 v7.0 reference."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detect import main, read_yolo_txt, run, yolo_txt_lines
+from models.yolo import DetectionModel
+from utils.checkpoints import CheckpointError, save_checkpoint
+from utils.inference import Detector, load_backend
+from utils.nms import non_max_suppression
+
+NAMES = ["car", "person", "boat"]
+
+
+def make_model(seed: int = 0) -> DetectionModel:
+    """yolov5n, 3 classes, randomised weights and BatchNorm statistics; head biases raised so that a few boxes of
+    level 1 (anchor 1, class 1) and level 2 (anchor 0, class 0) pass conf 0.25 on any image."""
+    torch.manual_seed(seed)
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for k, t in model.state_dict().items():
+            if t.is_floating_point() and not k.endswith("anchors"):
+                t.add_(0.05 * torch.randn(t.shape, generator=g))
+                if k.endswith("running_var"):
+                    t.abs_().add_(0.5)
+        head = model.model[-1]
+        b1, b2 = head.m[1].bias.view(head.na, -1), head.m[2].bias.view(head.na, -1)
+        b1[1, 4] += 9.0
+        b1[1, 6] += 6.0
+        b2[0, 4] += 9.0
+        b2[0, 5] += 6.0
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    f = tmp_path_factory.mktemp("w") / "tiny.pt"
+    save_checkpoint(f, model=make_model(), epoch=0, best_fitness=None, hyp=None, opt={}, names=NAMES)
+    return f
+
+
+def make_image(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    im = np.full((h, w, 3), 90, np.uint8)
+    for _ in range(6):
+        x, y = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+        s = int(rng.integers(6, 30))
+        im[y:y + s, x:x + s] = rng.integers(0, 255, 3)
+    return im
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("images")
+    cv2.imwrite(str(d / "a.jpg"), make_image(150, 200, 1))
+    cv2.imwrite(str(d / "b.png"), make_image(160, 120, 2))
+    (d / "broken.jpg").write_bytes(b"not an image at all")
+    return d
+
+
+def test_txt_lines_round_trip_hand_computed():
+    det = np.array([[10.0, 20.0, 50.0, 40.0, 0.875, 2.0]])
+    assert yolo_txt_lines(det, (100, 200), save_conf=True) == ["2 0.15 0.3 0.2 0.2 0.875"]
+    assert yolo_txt_lines(det, (100, 200), save_conf=False) == ["2 0.15 0.3 0.2 0.2"]
+
+
+def test_detect_saves_images_and_txt_that_round_trip(weights, images, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        res = run(weights=weights, source=images, imgsz=128, save_txt=True, save_conf=True, save_crop=True,
+                  project=tmp_path, name="exp")
+    assert "broken.jpg" in caplog.text  # unreadable image reported and skipped
+    assert [Path(r["path"]).name for r in res] == ["a.jpg", "b.png"]
+    save_dir = tmp_path / "exp"
+    n_total = 0
+    for r in res:
+        n = len(r["boxes"])
+        n_total += n
+        assert r["scores"].shape == (n,) and r["classes"].dtype == np.int64 and set(r["classes"]) <= {0, 1, 2}
+        h, w = r["shape"]
+        assert (r["boxes"] >= 0).all() and (r["boxes"][:, [0, 2]] <= w).all() and (r["boxes"][:, [1, 3]] <= h).all()
+        drawn = cv2.imread(str(r["save_path"]))
+        assert drawn is not None and drawn.shape[:2] == (h, w) and r["save_path"].parent == save_dir
+        if n:
+            back = read_yolo_txt(r["txt_path"], (h, w))
+            np.testing.assert_allclose(back[:, :4], r["boxes"], atol=2e-3 * max(h, w))
+            np.testing.assert_array_equal(back[:, 4], r["classes"])
+            np.testing.assert_allclose(back[:, 5], r["scores"], atol=1e-5)
+            assert all(len(r["times_ms"]) == 3 and t >= 0 for t in r["times_ms"])
+    assert n_total > 0
+    crops = list((save_dir / "crops").rglob("*.jpg"))
+    assert len(crops) == n_total
+    # a second run does not overwrite: exp2
+    res2 = run(weights=weights, source=images / "a.jpg", imgsz=128, nosave=True, project=tmp_path, name="exp")
+    assert res2[0]["save_dir"] == tmp_path / "exp2" and res2[0]["save_path"] is None
+    np.testing.assert_allclose(res2[0]["boxes"], res[0]["boxes"], atol=1e-4)
+
+
+def test_sources_glob_and_txt_list(weights, images, tmp_path):
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{images / 'b.png'}\n{images / 'a.jpg'}\n")
+    res = run(weights=weights, source=lst, imgsz=128, nosave=True, project=tmp_path)
+    assert sorted(Path(r["path"]).name for r in res) == ["a.jpg", "b.png"]
+    res = run(weights=weights, source=str(images / "*.png"), imgsz=128, nosave=True, project=tmp_path)
+    assert [Path(r["path"]).name for r in res] == ["b.png"]
+
+
+def test_detector_api_matches_run_and_reference_steps(weights, images):
+    """Detector(path) == Detector(array) == backend + NMS + rescale done by hand."""
+    det = Detector(weights, imgsz=128)
+    a = det(images / "a.jpg")
+    im0 = cv2.imread(str(images / "a.jpg"))
+    b = det(im0)
+    assert set(a) == {"boxes", "scores", "classes"} and a["boxes"].dtype == np.float32
+    np.testing.assert_allclose(a["boxes"], b["boxes"])
+    # by hand: 150x200 letterboxed to 96x128 (auto: minimal stride multiple), gain 0.64, pad 0 x / 0 y
+    x = torch.from_numpy(cv2.resize(im0, (128, 96))[:, :, ::-1].transpose(2, 0, 1).copy()).float()[None] / 255
+    ref = non_max_suppression(det.backend(x), 0.25, 0.45)[0]
+    by_hand = ref[:, :4] / 0.64
+    by_hand[:, [0, 2]] = by_hand[:, [0, 2]].clamp(0, 200)
+    by_hand[:, [1, 3]] = by_hand[:, [1, 3]].clamp(0, 150)
+    np.testing.assert_allclose(a["boxes"], by_hand.numpy(), atol=1e-3)
+    np.testing.assert_allclose(a["scores"], ref[:, 4].numpy(), atol=1e-6)
+
+
+def test_sliced_backend_single_tile_equals_plain(weights):
+    """A tile covering the whole input: sliced inference gives exactly the plain detections."""
+    backend = load_backend(weights)
+    im = torch.rand((1, 3, 128, 128), generator=torch.Generator().manual_seed(0))
+    plain = non_max_suppression(backend(im), 0.25, 0.45, multi_label=True)[0]
+    sliced = non_max_suppression(backend.sliced(im, 128, 0.2, conf_thres=0.25, iou_thres=0.45), 0.25, 0.45,
+                                 multi_label=True)[0]
+    assert len(plain) > 0
+    torch.testing.assert_close(sliced[sliced[:, 4].argsort(descending=True)], plain, atol=1e-4, rtol=0)
+
+
+def test_sliced_detector_runs_on_real_model(weights, images, tmp_path):
+    res = run(weights=weights, source=images / "a.jpg", imgsz=64, slice=96, slice_overlap=0.25, slice_full=True,
+              nosave=True, project=tmp_path)
+    boxes = res[0]["boxes"]
+    assert boxes.shape[1] == 4 and (boxes[:, [0, 2]] <= 200).all() and (boxes[:, [1, 3]] <= 150).all()
+
+
+def test_exif_orientation_is_honoured(weights, tmp_path):
+    from PIL import Image
+
+    a = make_image(60, 100, 3)[:, :, ::-1]  # RGB for PIL
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    Image.fromarray(a).save(tmp_path / "rot.jpg", exif=exif.tobytes())
+    res = run(weights=weights, source=tmp_path / "rot.jpg", imgsz=64, project=tmp_path, name="e")
+    assert res[0]["shape"] == (100, 60)
+    assert cv2.imread(str(res[0]["save_path"])).shape[:2] == (100, 60)
+
+
+def test_video_source(weights, tmp_path):
+    f = tmp_path / "clip.mp4"
+    wr = cv2.VideoWriter(str(f), cv2.VideoWriter_fourcc(*"mp4v"), 5, (96, 64))
+    if not wr.isOpened():
+        pytest.skip("this OpenCV build cannot write mp4v videos")
+    for i in range(3):
+        wr.write(make_image(64, 96, 10 + i))
+    wr.release()
+    res = run(weights=weights, source=f, imgsz=64, save_txt=True, conf_thres=0.01, project=tmp_path, name="v")
+    assert [r["frame"] for r in res] == [1, 2, 3]
+    out = cv2.VideoCapture(str(res[0]["save_path"]))
+    assert int(out.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    out.release()
+    assert sorted(p.name for p in (tmp_path / "v" / "labels").glob("*.txt")) == [f"clip_{i}.txt" for i in (1, 2, 3)]
+
+
+def test_bad_inputs_give_clear_messages(weights, images, tmp_path, caplog):
+    with pytest.raises(FileNotFoundError, match="source not found: .*nowhere"):
+        run(weights=weights, source=tmp_path / "nowhere", project=tmp_path)
+    with pytest.raises(FileNotFoundError, match="weights not found: .*missing.pt"):
+        run(weights=tmp_path / "missing.pt", source=images, project=tmp_path)
+    txt = tmp_path / "notes.pt"
+    txt.write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.pt"):
+        load_backend(txt)
+    with pytest.raises(CheckpointError, match="fake.onnx: not a valid ONNX model"):
+        (tmp_path / "fake.onnx").write_bytes(b"\x00garbage")
+        load_backend(tmp_path / "fake.onnx")
+    with caplog.at_level(logging.ERROR):
+        assert main(["--weights", str(txt), "--source", str(images)]) == 1
+    assert "notes.pt" in caplog.text
+    det = Detector(weights, imgsz=64)
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        det(np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match="broken.jpg: not a readable image"):
+        det(images / "broken.jpg")
+
+
+@pytest.mark.oracle
+def test_detect_pipeline_matches_yolov5(oracle, weights, images):
+    """Same weights in the reference DetectionModel (fused), its letterbox, NMS and scale_boxes."""
+    ours = make_model()
+    ref = oracle.yolo.DetectionModel(dict(ours.yaml), ch=3, nc=3)
+    ref.load_state_dict(ours.state_dict(), strict=False)
+    ref = ref.fuse().eval()
+    res = run(weights=weights, source=images, imgsz=128, nosave=True, project=images.parent / "o")
+    for r in res:
+        im0 = cv2.imread(r["path"])
+        im = oracle.augmentations.letterbox(im0, 128, stride=32, auto=True)[0]
+        x = torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1)[::-1])).float()[None] / 255
+        with torch.no_grad():
+            pred = ref(x)[0]
+        det = oracle.general.non_max_suppression(pred, 0.25, 0.45, max_det=1000)[0]
+        det[:, :4] = oracle.general.scale_boxes(x.shape[2:], det[:, :4], im0.shape).round(decimals=4)
+        assert len(det) == len(r["boxes"]) > 0
+        np.testing.assert_allclose(r["boxes"], det[:, :4].numpy(), atol=1e-3)
+        np.testing.assert_allclose(r["scores"], det[:, 4].numpy(), atol=1e-5)
+        np.testing.assert_array_equal(r["classes"], det[:, 5].numpy())
