@@ -5,7 +5,8 @@
 3. our achieved GFLOP/s (model GFLOPs / our PyTorch latency) as a fraction of this machine's fp32 matmul GFLOP/s,
    measured in the same run (a 2048 x 2048 ``torch.matmul``: 2 * 2048**3 FLOPs).
 
-The three models run in turn, repetition by repetition, so machine noise hits all alike; medians are reported.
+The three models run in turn, repetition by repetition (order rotated), so machine noise hits all alike; medians
+are reported, minima in brackets.
 Model forward only (``pred``): no pre-processing, no NMS.
 
     python benchmarks/bench_inference.py [--cfg yolov5s.yaml] [--reps 20] [--threads 2] [--imgsz 640]
@@ -34,18 +35,20 @@ from utils.inference import load_backend  # noqa: E402
 from utils.torch_utils import count_gflops  # noqa: E402
 
 
-def median_times(fns: list, reps: int, warmup: int = 3) -> list[float]:
-    """Median seconds per call of each function, the functions interleaved repetition by repetition."""
+def median_times(fns: list, reps: int, warmup: int = 3) -> tuple[list[float], list[float]]:
+    """(median, min) seconds per call of each function. The functions are interleaved repetition by repetition,
+    their order rotated each repetition so that none always runs right after another (e.g. after ONNX Runtime)."""
     for _ in range(warmup):
         for f in fns:
             f()
     times = [[] for _ in fns]
-    for _ in range(reps):
-        for f, t in zip(fns, times):
+    for r in range(reps):
+        for k in range(len(fns)):
+            i = (k + r) % len(fns)
             t0 = time.perf_counter()
-            f()
-            t.append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+            fns[i]()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times], [min(t) for t in times]
 
 
 def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -95,15 +98,18 @@ def main() -> None:
         with torch.no_grad():
             ref(im)
 
-    t_ours, t_ref, t_onnx = median_times([lambda: ours(im), run_ref, lambda: ox(im)], args.reps)
+    (t_ours, t_ref, t_onnx), (m_ours, m_ref, m_onnx) = median_times([lambda: ours(im), run_ref, lambda: ox(im)],
+                                                                    args.reps)
     gflops = count_gflops(ours.model, args.imgsz)
     peak = matmul_gflops()
     achieved = gflops / t_ours
     name = Path(args.cfg).stem
     print(f"{name} bs1 {args.imgsz}px, {args.threads} threads, torch {torch.__version__}, fused, {args.reps} reps "
           f"(median); |ours - ref| max {diff_ref:.2e}, ONNX vs torch {diff_onnx:.2e}")
-    print(f"PyTorch  ours {t_ours * 1e3:8.1f} ms   ref {t_ref * 1e3:8.1f} ms   ours/ref {t_ours / t_ref:.3f}")
-    print(f"ONNX RT  ours {t_onnx * 1e3:8.1f} ms   ref {t_ref * 1e3:8.1f} ms   ours/ref {t_onnx / t_ref:.3f}")
+    print(f"PyTorch  ours {t_ours * 1e3:8.1f} ms   ref {t_ref * 1e3:8.1f} ms   ours/ref {t_ours / t_ref:.3f}   "
+          f"(min: {m_ours * 1e3:.1f} / {m_ref * 1e3:.1f} = {m_ours / m_ref:.3f})")
+    print(f"ONNX RT  ours {t_onnx * 1e3:8.1f} ms   ref {t_ref * 1e3:8.1f} ms   ours/ref {t_onnx / t_ref:.3f}   "
+          f"(min: {m_onnx * 1e3:.1f} / {m_ref * 1e3:.1f} = {m_onnx / m_ref:.3f})")
     print(f"GFLOP/s  model {gflops:.1f} GFLOPs -> {achieved:.1f} GFLOP/s achieved; fp32 matmul 2048^2 {peak:.1f} "
           f"GFLOP/s; fraction {achieved / peak:.3f}")
 

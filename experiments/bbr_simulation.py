@@ -184,7 +184,7 @@ def save_outputs(sim: dict, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), tight_layout=True)
     names = list(sim["results"])
-    ax.boxplot([sim["results"][n]["iou"].numpy() for n in names], showfliers=False)
+    ax.boxplot([sim["results"][n]["iou"].numpy() for n in names], flierprops={"markersize": 2, "alpha": 0.3})
     ax.set_xticks(range(1, len(names) + 1), names)
     ax.set(ylabel="final IoU", title=f"Final IoU per anchor-target pair, setup {sim['setup']}")
     fig.savefig(f"{stem}_iou.png", dpi=120)

@@ -56,9 +56,9 @@ def test_regress_moves_towards_target_and_is_chunk_independent():
     for name in ("eiou", "focal_eiou"):
         e_big, iou_big = regress(name, anchors, targets, iters=10, unit=10.0)
         e_small, iou_small = regress(name, anchors, targets, iters=10, unit=10.0, chunk=7)
-        assert e_big == pytest.approx(e_small, rel=1e-5) and torch.allclose(iou_big, iou_small, atol=1e-5)
+        assert e_big == pytest.approx(e_small, rel=1e-5) and torch.allclose(iou_big, iou_small, atol=1e-4)
         initial = float((xywh2xyxy(anchors) - xywh2xyxy(targets)).abs().sum())
-        assert e_big[-1] < 0.5 * initial
+        assert e_big[-1] < 0.6 * initial
 
 
 def test_one_step_is_plain_gradient_descent_in_target_units():
@@ -84,19 +84,37 @@ def test_simulate_rejects_unknown_setup():
 
 @pytest.fixture(scope="module")
 def short_runs():
-    """20 iterations on 50 points (setup 1) and 20 points (setup 2)."""
-    return {1: simulate(1, LOSSES, iters=20, seed=0, n_points=50),
+    """20 iterations on 20 points in each setup."""
+    return {1: simulate(1, LOSSES, iters=20, seed=0, n_points=20),
             2: simulate(2, LOSSES, iters=20, seed=0, n_points=20)}
 
 
 def test_short_run_ordering(short_runs):
-    """The ordering the full 200-iteration run shows (see the report's table), already visible after 20 steps."""
+    """Orderings the full run (1000 / 100 points, 200 iterations) shows at iteration 20, here after 20 steps.
+
+    Full run, error / initial at iteration 20 - setup 1: giou .295 < eiou .306 < ciou .422 < nwd .457 <
+    focal_eiou .508 < iou .627; setup 2: eiou .233 < focal_eiou .306 < giou .341 < ciou .442 < nwd .485 < iou .508.
+    """
     err = {s: {n: r["final_error"] for n, r in sim["results"].items()} for s, sim in short_runs.items()}
     for s in (1, 2):
         assert all(r["final_error"] < r["initial_error"] for r in short_runs[s]["results"].values())
-        # EIoU converges faster and lower than IoU and CIoU (the paper's claim), in both setups
+        # EIoU converges faster than CIoU, which beats IoU (the paper's claim), in both setups
         assert err[s]["eiou"] < err[s]["ciou"] < err[s]["iou"], err[s]
-    assert err[2]["eiou"] < err[2]["giou"], err[2]
+    assert max(err[1]["giou"], err[1]["eiou"]) < err[1]["ciou"], err[1]
+    assert err[2]["eiou"] < err[2]["focal_eiou"] < err[2]["giou"], err[2]
+
+
+@pytest.mark.slow
+def test_final_ordering_setup1():
+    """The full run's final ordering of setup 1 (200 iterations; here on 10 points): nwd 3267 < ciou 7136 <
+    eiou 7398 < giou 14980 < iou 2.05e6 < focal_eiou 2.57e6 px. Focal-EIoU leaves disjoint anchors (IoU 0, weight
+    ~0) where they are, so its tail of poor anchors is long."""
+    sim = simulate(1, LOSSES, iters=200, seed=0, n_points=10)
+    err = {n: r["final_error"] for n, r in sim["results"].items()}
+    assert sorted(err, key=err.get) == ["nwd", "ciou", "eiou", "giou", "iou", "focal_eiou"], err
+    res = sim["results"]
+    assert res["eiou"]["iou_gt_0.5"] == 1.0 and res["focal_eiou"]["iou_gt_0.5"] < 0.8
+    assert res["focal_eiou"]["iou_median"] > 0.99
 
 
 def test_markdown_table_and_outputs(short_runs, tmp_path, capsys):

@@ -263,3 +263,12 @@ def test_ciou_matches_yolov5(oracle, tiny, dtype):
     for fn, kw in ((iou_loss, {}), (giou_loss, {"GIoU": True}), (diou_loss, {"DIoU": True})):
         ref = 1 - oracle.metrics.bbox_iou(pred, target, xywh=False, **kw).squeeze(-1)
         assert (fn(pred, target).loss - ref).abs().max().item() < 1e-6, fn.__name__
+
+
+def test_score_is_the_iou_variant_or_plain_iou():
+    pred, target = random_pairs(32, seed=6)
+    for name in BOX_LOSSES:
+        out = get_box_loss(name)(pred, target)
+        want = 1 - out.loss if name in ("iou", "giou", "diou", "ciou") else out.iou
+        torch.testing.assert_close(out.score, want, msg=name)
+    assert (giou_loss(*DISJOINT).score.item()) == pytest.approx(-0.2)  # GIoU of the disjoint pair is negative

@@ -88,8 +88,9 @@ class OnnxBackend(_Backend):
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
         opts = ort.SessionOptions()
-        if threads:
+        if threads:  # a fixed thread budget: no threads left busy-waiting after a run (they slow other work)
             opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types
@@ -133,8 +134,8 @@ class OnnxBackend(_Backend):
 def load_backend(weights: str | Path, device: str | torch.device = "", half: bool = False, fuse: bool = True,
                  threads: int | None = None) -> TorchBackend | OnnxBackend:
     """The inference backend for ``weights``: ``.onnx`` -> ONNX Runtime, otherwise a PyTorch checkpoint (ours or
-    official YOLOv5 v7.0), fused for inference when ``fuse``. ``threads``: ONNX Runtime intra-op threads (None:
-    its default; PyTorch uses ``torch.set_num_threads``).
+    official YOLOv5 v7.0), fused for inference when ``fuse``. ``threads``: ONNX Runtime intra-op threads, without
+    busy-waiting (None: its defaults; PyTorch uses ``torch.set_num_threads``).
 
     Raises:
         FileNotFoundError: ``weights`` does not exist.
