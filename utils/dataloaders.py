@@ -339,7 +339,7 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
                         sampler=sampler, pin_memory=torch.cuda.is_available(),
                         collate_fn=LoadImagesAndLabels.collate_fn,
-                        worker_init_fn=seed_worker, generator=generator, persistent_workers=nw > 0)
+                        worker_init_fn=seed_worker, generator=generator)  # new workers each epoch: reseeding replays it
     return loader, dataset
 
 
