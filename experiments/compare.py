@@ -24,10 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 import traceback
@@ -311,28 +308,6 @@ def execute(args: argparse.Namespace, variants: list[Variant], command: str) -> 
 # ----------------------------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------------------------
-def git_commit() -> str:
-    """HEAD's hash, '+ uncommitted changes' when tracked files differ from it (read-only git calls)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (git not available)"
-    if head.returncode:
-        return "unknown (not a git checkout)"
-    return head.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
-
-
-def machine() -> str:
-    import torch
-
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none"
-    return (f"{platform.platform()}; {os.cpu_count()} CPUs ({cpus} usable, torch threads {torch.get_num_threads()}); "
-            f"GPU: {gpu}; Python {platform.python_version()}, torch {torch.__version__}")
-
-
 def write_report(args, variants: list[Variant], records: list[report.RunRecord], command: str,
                  elapsed: float) -> Path:
     """report.md, runs.csv, summary.csv and size_buckets.png under --out, each written atomically."""
@@ -346,8 +321,9 @@ def write_report(args, variants: list[Variant], records: list[report.RunRecord],
     if plot:
         atomic_write_bytes(out / plot, report.plot_buckets(summary, buckets))
     train_s = sum(r.wall_s for r in done if math.isfinite(r.wall_s))
-    meta = {"title": f"Comparison: {', '.join(names)}", "command": f"`{command}`", "git commit": git_commit(),
-            "machine": machine(), "data": f"`{args.data}`", "model": f"`{args.cfg or 'yolov5n.yaml'}`",
+    meta = {"title": f"Comparison: {', '.join(names)}", "command": f"`{command}`",
+            "git commit": report.git_commit(ROOT), "machine": report.machine(), "data": f"`{args.data}`",
+            "model": f"`{args.cfg or 'yolov5n.yaml'}`",
             "settings": f"{args.epochs} epochs, imgsz {args.imgsz}, batch {args.batch_size}, seeds "
                         f"{args.seed_start}..{args.seed_start + args.seeds - 1}"
                         + (f", train.py extra arguments `{shlex.join(args.extra)}`" if args.extra else ""),

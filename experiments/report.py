@@ -8,6 +8,7 @@ can be rebuilt from the run folders alone. Statistics:
 - p: two-sided paired t-test (``scipy.stats.ttest_rel``) of a variant against the baseline over the seeds both have
   a finite value for; NaN ("n/a") with fewer than 2 pairs or when the paired differences have zero variance.
 Size buckets (e.g. 'tiny' / 'big') are areas in original-image px², as computed by utils/size_metrics.py.
+``git_commit`` and ``machine`` give the run facts the report records.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+import platform
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -284,7 +289,8 @@ def plot_buckets(summary: Mapping[str, Mapping[str, Stat]], buckets: Sequence[st
             ax.bar(x + (i - (len(variants) - 1) / 2) * width, mean, width, yerr=std, capsize=3, label=v)
         ax.set_xticks(x, buckets)
         ax.set_ylim(0, 1)
-        ax.set_title(f"{title} per object size (mean ± std over seeds)")
+        ax.set_title(f"{title} per object size")
+        ax.set_ylabel(f"{title.lower()} (mean ± std over seeds)")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -292,3 +298,29 @@ def plot_buckets(summary: Mapping[str, Mapping[str, Stat]], buckets: Sequence[st
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run facts
+# ----------------------------------------------------------------------------------------------------------------
+def git_commit(repo: Path) -> str:
+    """HEAD's hash, '+ uncommitted changes' when tracked files differ from it (read-only git calls)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+    if head.returncode:
+        return "unknown (not a git checkout)"
+    return head.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
+
+
+def machine() -> str:
+    """Platform, CPU count, GPUs, Python and torch versions, for the report."""
+    import torch  # late import: the statistics do not need torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none"
+    return (f"{platform.platform()}; {os.cpu_count()} CPUs ({cpus} usable, torch threads {torch.get_num_threads()}); "
+            f"GPU: {gpu}; Python {platform.python_version()}, torch {torch.__version__}")

@@ -42,8 +42,10 @@ def _load_yaml(data: str | Path | dict) -> tuple[dict, Path | None]:
         raise DatasetError(f"data YAML not found: {data}")
     try:
         d = yaml.safe_load(f.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise DatasetError(f"{f}: not valid YAML ({e})") from e
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{f}: not a UTF-8 text file ({e})") from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as e:  # e.g. a date 2001-13-45
+        raise DatasetError(f"{f}: not valid YAML ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict):
         raise DatasetError(f"{f}: expected a mapping with train/val/names keys, got {type(d).__name__}")
     return d, f.resolve()
@@ -65,6 +67,8 @@ def _names(d: dict, src: str) -> dict[int, str]:
         out = {int(k): str(v) for k, v in names.items()}
     except (TypeError, ValueError):
         raise DatasetError(f"{src}: 'names' keys must be integer class ids, e.g. '2: car'") from None
+    if not out:
+        raise DatasetError(f"{src}: 'names' is empty: list at least one class name")
     if sorted(out) != list(range(len(out))):
         raise DatasetError(f"{src}: 'names' ids must be 0..{len(out) - 1} without gaps, got {sorted(out)}")
     if nc is not None and nc != len(out):

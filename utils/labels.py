@@ -195,8 +195,10 @@ def parse_label_file(lb_file: str, nc: int | None = None) -> tuple[np.ndarray, l
             lines = ", ".join(str(i + 1) for i in np.flatnonzero(outside)[:MAX_ROW_ERRORS])
             warnings.append(f"{lb_file}: {int(outside.sum())} box(es) extending past the image border clipped "
                             f"(rows {lines}{', ...' if outside.sum() > MAX_ROW_ERRORS else ''})")
-            if ((lb[:, 3] <= 0) | (lb[:, 4] <= 0)).any():
-                raise LabelError(f"{lb_file}: box with zero size after clipping to the image")
+        zero = (lb[:, 3] <= 0) | (lb[:, 4] <= 0)  # after clipping, or sizes that underflow float32 (1e-300)
+        if zero.any():
+            rows_ = ", ".join(str(i + 1) for i in np.flatnonzero(zero)[:MAX_ROW_ERRORS])
+            raise LabelError(f"{lb_file}: zero-size box(es) after clipping to the image / float32 (rows {rows_})")
         _, first = np.unique(lb, axis=0, return_index=True)
         if len(first) < len(lb):
             warnings.append(f"{lb_file}: {len(lb) - len(first)} duplicate label row(s) removed")
