@@ -66,9 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=str, default="", help="model YAML (default yolov5n.yaml when no --weights)")
     p.add_argument("--data", type=str, default="data/synthetic-tiny.yaml", help="dataset YAML")
     p.add_argument("--hyp", type=str, default="hyp/hyp.scratch-low.yaml", help="hyperparameter YAML")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all devices")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=256, help="train and val image size (px)")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=128, help="train and val image size (px)")
     p.add_argument("--rect", action="store_true", help="rectangular training batches")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume a run: its last.pt or the latest")
     p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
@@ -385,6 +385,8 @@ def seed_epoch(loader, dataset, seed: int, epoch: int) -> None:
 def epoch_row(mloss: torch.Tensor, results: dict, optimizer) -> dict[str, float]:
     row = {f"train/{n}_loss": float(v) for n, v in zip(LOSS_NAMES, mloss.tolist())}
     row.update({k: float(v) for k, v in results.items() if isinstance(v, int | float)})
+    for bucket, m in results.get("size_buckets", {}).items():  # e.g. metrics/tiny/recall, for TensorBoard too
+        row.update({f"metrics/{bucket}/{k}": float(m[k]) for k in ("p", "r", "map50", "map50_95")})
     row.update({f"x/lr{j}": g["lr"] for j, g in enumerate(optimizer.param_groups)})
     return row
 

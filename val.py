@@ -46,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=str, default="data/synthetic-tiny.yaml", help="dataset YAML")
     p.add_argument("--weights", type=str, required=True, help="model .pt (ours or official YOLOv5) or .onnx")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=256, help="inference size (px)")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=128, help="inference size (px)")
     p.add_argument("--conf-thres", type=float, default=0.001)
     p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=300)
@@ -124,7 +124,7 @@ class Accumulator:
 
 
 @torch.no_grad()
-def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgsz: int = 256,
+def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgsz: int = 128,
         conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300, task: str = "val", device: str = "",
         workers: int = 2, single_cls: bool = False, verbose: bool = False, save_txt: bool = False,
         save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / "runs/val", name: str = "exp",

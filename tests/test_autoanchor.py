@@ -215,3 +215,16 @@ def test_check_anchors_parity_with_oracle(oracle, monkeypatch):
     bpr, aat = _oracle_metric(oracle, wh, 4.0)(torch.tensor(P5_ANCHORS, dtype=torch.float32).view(-1, 2))
     assert (rep.bpr_before, rep.aat_before) == (float(bpr), float(aat))
     assert json.loads(json.dumps(rep.to_dict()))["anchors_after"] == rep.anchors_after
+
+
+def test_evolved_anchors_survive_the_checkpoint_round_trip(tmp_path):
+    from models.yolo import DetectionModel
+    from utils.checkpoints import load_model, save_checkpoint
+
+    model = DetectionModel("yolov5n.yaml", nc=2)
+    before = model.model[-1].anchors.clone()
+    rep = check_anchors(_tiny_objects(160), model, thr=4.0, imgsz=640, gen=100, seed=0)
+    assert rep.adopted and not torch.equal(model.model[-1].anchors, before)
+    save_checkpoint(tmp_path / "a.pt", model=model, epoch=0, best_fitness=0.0, hyp={}, opt={}, names={0: "a", 1: "b"})
+    loaded = load_model(tmp_path / "a.pt")
+    torch.testing.assert_close(loaded.model[-1].anchors, model.model[-1].anchors, rtol=0, atol=0)

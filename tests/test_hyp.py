@@ -53,6 +53,7 @@ def test_missing_key_named_with_file(tmp_path):
 
 @pytest.mark.parametrize("key,value,message", [
     ("tfl_k", -1, "tfl_k.*>= 0"),
+    ("focal_eiou_gamma", -0.5, "focal_eiou_gamma.*>= 0"),
     ("tfl_s", 0, "tfl_s.*> 0"),
     ("tfl_terms", ["box", "size"], "tfl_terms.*unknown term.*'size'"),
     ("tfl_norm", "median", "tfl_norm"),

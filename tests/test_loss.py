@@ -228,3 +228,27 @@ def test_nwd_constant_converted_per_level():
     values = [fn(pred / s, target / s).loss for fn, s in zip(loss.box_loss_fns, loss.strides)]
     for v in values[1:]:
         torch.testing.assert_close(v, values[0])
+
+
+def test_tfl_has_zero_inference_cost():
+    """TFL lives in the loss only: the model's parameters, state_dict and eval outputs are untouched."""
+    from models.yolo import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n_params = sum(p.numel() for p in model.parameters())
+    model.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        out_before = model(x)[0]
+    model.train()
+    loss_fn = ComputeLoss(model, base_hyp(tfl=True))
+    with torch.no_grad():
+        loss_fn(model(x), torch.tensor([[0, 1, 0.5, 0.5, 0.1, 0.1]]))
+    model.load_state_dict(before)  # undo the BatchNorm statistics the train-mode forward updated
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], out_before, rtol=0, atol=0)
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    assert set(model.state_dict()) == set(before)

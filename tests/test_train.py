@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -12,6 +13,7 @@ import yaml
 import train
 from data.synthetic import generate
 from utils.checkpoints import load_checkpoint, load_model
+from utils.hyp import load_hyp
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -36,12 +38,22 @@ def args(data: Path, project: Path, name: str, *extra: str):
 def test_train_writes_every_artefact_and_resume_is_exact(tiny_data, tmp_path, monkeypatch):
     full = train.train(args(tiny_data, tmp_path, "full", "--hyp", "hyp.tfl.yaml"))
     run = Path(full["save_dir"])
+    rows = (run / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and "metrics/mAP_0.5" in rows[0]
     for f in ("weights/last.pt", "weights/best.pt", "results.csv", "results.png", "labels.jpg", "train_batch0.jpg",
               "hyp.yaml", "opt.yaml", "metrics.json", "anchor_report.txt", "PR_curve.png", "confusion_matrix.png"):
         assert (run / f).is_file(), f
-    assert list(run.glob("events.out.tfevents*")), "no TensorBoard event file"
-    rows = (run / "results.csv").read_text().strip().splitlines()
-    assert len(rows) == 3 and "metrics/mAP_0.5" in rows[0]
+    events = list(run.glob("events.out.tfevents*"))
+    assert events, "no TensorBoard event file"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    for tag in ("metrics/tiny/r", "metrics/big/r", "metrics/mAP_0.5", "train/box_loss"):
+        assert tag in tags, tag
+    last_row = dict(zip(rows[0].split(","), rows[-1].split(",")))
+    assert acc.Scalars("metrics/mAP_0.5")[-1].value == pytest.approx(float(last_row["metrics/mAP_0.5"]), abs=1e-6)
     assert yaml.safe_load((run / "hyp.yaml").read_text())["tfl"] is True
     assert "metrics/mAP_0.5" in full and 0 <= full["metrics/mAP_0.5"] <= 1
 
@@ -85,3 +97,25 @@ def test_bad_data_yaml_is_named(tmp_path):
     bad.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "images/train", "names": ["a"]}))
     with pytest.raises(ValueError, match=r"bad\.yaml.*'val'"):
         train.train(args(bad, tmp_path, "bad"))
+
+
+def test_tfl_auto_applies_the_papers_rule(tmp_path):
+    class Labels:  # image sizes (w, h) in original pixels and normalised labels, as the dataset holds them
+        shapes = [(640, 640), (640, 640)]
+        labels = [np.array([[0, 0.5, 0.5, 7 / 640, 7 / 640]]), np.array([[1, 0.5, 0.5, 58 / 640, 58 / 640]])]
+
+    hyp = train.resolve_tfl_auto(load_hyp("hyp.scratch-low.yaml"), Labels(), 640, tmp_path, plots=True)
+    assert hyp.tfl and hyp.tfl_piecewise and hyp.tfl_k < 1.6  # range 51 px < 640 / 4: piecewise, smaller k
+    assert (tmp_path / "tfl_auto.png").is_file()
+    wide = Labels()
+    wide.labels = [np.array([[0, 0.5, 0.5, 2 / 640, 2 / 640]]), np.array([[1, 0.5, 0.5, 0.9, 0.9]])]
+    hyp2 = train.resolve_tfl_auto(load_hyp("hyp.scratch-low.yaml"), wide, 640, tmp_path, plots=False)
+    assert hyp2.tfl and not hyp2.tfl_piecewise and hyp2.tfl_k == 1.6
+
+
+def test_hyp_overrides_from_the_command_line():
+    opt = train.get_args_parser().parse_args(["--tfl", "on", "--tfl-k", "3", "--tfl-piecewise", "--tfl-terms", "box",
+                                              "cls", "--box-loss", "eiou", "--hyp-set", "tfl_s=256"])
+    hyp = load_hyp("hyp.scratch-low.yaml", train.hyp_overrides(opt))
+    assert (hyp.tfl, hyp.tfl_k, hyp.tfl_piecewise, hyp.tfl_terms, hyp.box_loss, hyp.tfl_s) == (
+        True, 3.0, True, ("box", "cls"), "eiou", 256.0)
