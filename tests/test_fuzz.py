@@ -210,6 +210,7 @@ def test_fuzz_data_yaml_bytes(tmp_path, data):
     (b"train: images\nval: images\nnames: []\n", "'names' is empty"),  # was accepted as nc=0
     (b"train: images\nval: images\nnames: {0: a, 2: b}\n", "without gaps"),
     (b"train: images\nval: images\nnc: two\n", "'nc' must be a positive integer"),
+    (b"train: images\nval: images\nnc: 1000000000000\n", "more than 100000 classes"),  # was an out-of-memory
     (b"train: 5\nval: images\nnc: 1\n", "'train' must be a path string"),
 ])
 def test_bad_data_yaml_is_named(tmp_path, text, problem):

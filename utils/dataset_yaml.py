@@ -51,10 +51,15 @@ def _load_yaml(data: str | Path | dict) -> tuple[dict, Path | None]:
     return d, f.resolve()
 
 
+MAX_CLASSES = 100_000  # the largest detection vocabularies in use have a few thousand classes
+
+
 def _names(d: dict, src: str) -> dict[int, str]:
     names, nc = d.get("names"), d.get("nc")
     if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
         raise DatasetError(f"{src}: 'nc' must be a positive integer, got {nc!r}")
+    if nc is not None and nc > MAX_CLASSES:  # a typo like 1000000 would otherwise build millions of names
+        raise DatasetError(f"{src}: 'nc' = {nc} is more than {MAX_CLASSES} classes; is it a typo?")
     if names is None:
         if nc is None:
             raise DatasetError(f"{src}: needs 'names' (list or {{id: name}}) or 'nc'")
