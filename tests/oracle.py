@@ -14,7 +14,9 @@ import sys
 import types
 from pathlib import Path
 
+import cv2
 import numpy as np
+import PIL.Image
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +45,13 @@ def load_oracle() -> types.SimpleNamespace:
         sys.path.append(str(ORACLE_DIR))
     names = ["models.yolo", "models.common", "utils.loss", "utils.general", "utils.metrics", "utils.torch_utils",
              "utils.autoanchor", "utils.dataloaders", "utils.augmentations"]
-    mods = {n.split(".")[-1]: importlib.import_module("yolov5." + n) for n in names}
+    # The reference replaces PIL.Image.open and cv2.imread/imwrite/imshow process-wide on import; put ours back so
+    # that tests running after an oracle test see the real libraries.
+    originals = (PIL.Image.open, cv2.imread, cv2.imwrite, cv2.imshow)
+    try:
+        mods = {n.split(".")[-1]: importlib.import_module("yolov5." + n) for n in names}
+    finally:
+        PIL.Image.open, cv2.imread, cv2.imwrite, cv2.imshow = originals
     for ours in ("models", "utils"):
         assert Path(sys.modules[ours].__file__).resolve().parent.parent == ROOT, f"{ours} resolves to the oracle"
     return types.SimpleNamespace(root=ORACLE_DIR / "yolov5", **mods)
