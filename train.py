@@ -248,18 +248,7 @@ def train(opt: argparse.Namespace) -> dict:
     if local_rank != -1:
         device = setup_ddp(device, local_rank)
     main_process = rank in (-1, 0)
-    ckpt = None
-    if opt.resume:
-        resume_path = find_resume_checkpoint(opt.resume, opt.project)
-        ckpt = load_checkpoint(resume_path)
-        resume_flag = opt.resume
-        opt = argparse.Namespace(**{**vars(opt), **ckpt["opt"], "resume": str(resume_path)})
-        opt.weights, opt.cfg, opt.exist_ok = str(resume_path), "", True
-        LOGGER.info(f"Resuming from {resume_path} (--resume {resume_flag}) at epoch {ckpt['epoch'] + 1}")
-        save_dir = Path(opt.save_dir)
-    else:
-        save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
-        opt.save_dir = str(save_dir)
+    opt, ckpt, save_dir = prepare_run(opt)
     weights_dir = save_dir / "weights"
     if main_process:
         weights_dir.mkdir(parents=True, exist_ok=True)
@@ -286,22 +275,11 @@ def train(opt: argparse.Namespace) -> dict:
         val_loader = create_dataloader(data["val"], imgsz, batch_size * 2, gs, opt.single_cls, hyp=hyp,
                                        cache=opt.cache, rect=True, rank=-1, workers=opt.workers, pad=0.5,
                                        prefix="val: ", nc=nc)[0]
-        atomic_write_text(save_dir / "hyp.yaml", yaml.safe_dump(hyp.to_dict(), sort_keys=False))
-        atomic_write_text(save_dir / "opt.yaml", yaml.safe_dump(plain(vars(opt)), sort_keys=False))
-        if not opt.resume:
-            if not opt.noplots:
-                plot_labels(np.concatenate([lb for lb in dataset.labels if len(lb)] or [np.zeros((0, 5))]), names,
-                            save_dir, tiny_area=hyp.tfl_s, imgsz=imgsz)
-            if not opt.noautoanchor:
-                save_anchor_report(check_anchors(dataset, model, thr=hyp.anchor_t, imgsz=imgsz), save_dir)
+        start_run_files(save_dir, opt, hyp, dataset, names, model, imgsz)
     freeze_layers(model, opt.freeze)
     model.nc, model.names, model.hyp = nc, names, hyp
     loss_fn = ComputeLoss(model, hyp, gains=loss_gains(hyp, de_parallel(model).model[-1].nl, nc, imgsz))
-    accumulate = max(round(NOMINAL_BATCH / opt.batch_size), 1)
-    decay = hyp.weight_decay * opt.batch_size * accumulate / NOMINAL_BATCH
-    optimizer = smart_optimizer(model, opt.optimizer, hyp.lr0, hyp.momentum, decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: lr_factor(e, opt.epochs, hyp.lrf, opt.cos_lr))
+    optimizer, scheduler = build_optimizer(model, opt, hyp)
     ema = ModelEMA(model) if main_process else None
     start_epoch, best_fitness = 0, 0.0
     state = {"nw": max(round(hyp.warmup_epochs * len(train_loader)), 100), "last_opt_step": -1}
@@ -357,6 +335,42 @@ def train(opt: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers of the loop
 # ----------------------------------------------------------------------------------------------------------------
+def prepare_run(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict | None, Path]:
+    """The run folder, and for --resume the checkpoint and the options it was started with."""
+    if not opt.resume:
+        save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
+        opt.save_dir = str(save_dir)
+        return opt, None, save_dir
+    resume_path = find_resume_checkpoint(opt.resume, opt.project)
+    ckpt = load_checkpoint(resume_path)
+    LOGGER.info(f"Resuming from {resume_path} (--resume {opt.resume}) at epoch {ckpt['epoch'] + 1}")
+    opt = argparse.Namespace(**{**vars(opt), **ckpt["opt"], "resume": str(resume_path)})
+    opt.weights, opt.cfg, opt.exist_ok = str(resume_path), "", True
+    return opt, ckpt, Path(opt.save_dir)
+
+
+def start_run_files(save_dir: Path, opt, hyp: Hyp, dataset, names: dict, model: nn.Module, imgsz: int) -> None:
+    """hyp.yaml and opt.yaml; on a new run also labels.jpg and AutoAnchor (which may change the model's anchors)."""
+    atomic_write_text(save_dir / "hyp.yaml", yaml.safe_dump(hyp.to_dict(), sort_keys=False))
+    atomic_write_text(save_dir / "opt.yaml", yaml.safe_dump(plain(vars(opt)), sort_keys=False))
+    if opt.resume:
+        return
+    if not opt.noplots:
+        labels = np.concatenate([lb for lb in dataset.labels if len(lb)] or [np.zeros((0, 5))])
+        plot_labels(labels, names, save_dir, tiny_area=hyp.tfl_s, imgsz=imgsz)
+    if not opt.noautoanchor:
+        save_anchor_report(check_anchors(dataset, model, thr=hyp.anchor_t, imgsz=imgsz), save_dir)
+
+
+def build_optimizer(model: nn.Module, opt, hyp: Hyp):
+    """YOLOv5's optimiser (weight decay scaled to the nominal batch of 64) and its linear or cosine schedule."""
+    accumulate = max(round(NOMINAL_BATCH / opt.batch_size), 1)
+    decay = hyp.weight_decay * opt.batch_size * accumulate / NOMINAL_BATCH
+    optimizer = smart_optimizer(model, opt.optimizer, hyp.lr0, hyp.momentum, decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, opt.epochs, hyp.lrf, opt.cos_lr))
+    return optimizer, scheduler
+
+
 class _NoEMA:
     def update(self, model: nn.Module) -> None:
         pass

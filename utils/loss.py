@@ -158,7 +158,8 @@ class ComputeLoss:
         """Objectness weight map (bs, na, ny, nx): 1 on negatives, the largest matched TFL weight on positives."""
         wmap = torch.ones(shape, dtype=w.dtype, device=w.device)
         flat = ((m["b"] * shape[1] + m["a"]) * shape[2] + m["gj"]) * shape[3] + m["gi"]
-        return wmap.view(-1).scatter_reduce(0, flat, w, reduce="amax", include_self=False).view(shape)
+        wmap.view(-1).scatter_reduce_(0, flat, w, reduce="amax", include_self=False)
+        return wmap
 
     def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor) -> list[dict]:
         """Match ground truths to anchors and cells, per level.
