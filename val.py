@@ -74,20 +74,12 @@ def bucket_spec(spec: list[str] | str) -> str | list[float]:
     """CLI ``--size-buckets`` -> the spec ``size_buckets`` takes (a name or a list of area edges)."""
     if isinstance(spec, str):
         return spec
-    if len(spec) == 1 and not _is_number(spec[0]):
-        return spec[0]
     try:
         return [float(x) for x in spec]
     except ValueError:
+        if len(spec) == 1:
+            return spec[0]  # a scheme name; size_buckets rejects unknown ones
         raise ValueError(f"--size-buckets: expected tiny, coco, aitod or numbers, got {spec}") from None
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 class Accumulator:

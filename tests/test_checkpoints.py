@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from models.yolo import DetectionModel
+from tests.fixtures import randomise_weights
 from utils.atomic import (
     atomic_torch_save,
     atomic_write_bytes,
@@ -45,16 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["car", "person", "boat"]
 
 
-def _randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Non-trivial weights and BatchNorm statistics, so that a wrong or missing tensor changes the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for k, t in model.state_dict().items():
-            if t.is_floating_point() and not k.endswith("anchors"):
-                t.add_(0.05 * torch.randn(t.shape, generator=g))
-                if k.endswith("running_var"):
-                    t.abs_().add_(0.5)
-    return model.eval()
+_randomise = randomise_weights
 
 
 @pytest.fixture(scope="module")

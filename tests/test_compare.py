@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from scipy.stats import ttest_rel
 
 import train
-from data.synthetic import generate
 from experiments import compare, report
+from tests.fixtures import tiny_dataset
 from utils.checkpoints import load_checkpoint
 
 
@@ -102,12 +101,7 @@ def test_summary_statistics_by_hand():
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, n_train=16, n_val=8, imgsz=64, seed=3)
-    cfg = root / "data.yaml"
-    cfg.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
-                                   "names": {0: "circle", 1: "rectangle", 2: "triangle", 3: "cross"}}))
-    return cfg
+    return tiny_dataset(tmp_path_factory.mktemp("synthetic"))
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -13,6 +13,7 @@ import torch
 
 from detect import main, read_yolo_txt, run, yolo_txt_lines
 from models.yolo import DetectionModel
+from tests.fixtures import randomise_weights
 from utils.checkpoints import CheckpointError, save_checkpoint
 from utils.inference import Detector, load_backend
 from utils.nms import non_max_suppression
@@ -24,14 +25,8 @@ def make_model(seed: int = 0) -> DetectionModel:
     """yolov5n, 3 classes, randomised weights and BatchNorm statistics; head biases raised so that a few boxes of
     level 1 (anchor 1, class 1) and level 2 (anchor 0, class 0) pass conf 0.25 on any image."""
     torch.manual_seed(seed)
-    model = DetectionModel("yolov5n.yaml", nc=3)
-    g = torch.Generator().manual_seed(seed)
+    model = randomise_weights(DetectionModel("yolov5n.yaml", nc=3), seed)
     with torch.no_grad():
-        for k, t in model.state_dict().items():
-            if t.is_floating_point() and not k.endswith("anchors"):
-                t.add_(0.05 * torch.randn(t.shape, generator=g))
-                if k.endswith("running_var"):
-                    t.abs_().add_(0.5)
         head = model.model[-1]
         b1, b2 = head.m[1].bias.view(head.na, -1), head.m[2].bias.view(head.na, -1)
         b1[1, 4] += 9.0

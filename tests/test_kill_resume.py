@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from data.synthetic import generate
+from tests.fixtures import tiny_dataset
 from utils.checkpoints import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,11 +37,7 @@ def _epochs_logged(run: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume(tmp_path):
-    root = tmp_path / "ds"
-    generate(root, n_train=16, n_val=8, imgsz=64, seed=2)
-    data = tmp_path / "data.yaml"
-    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
-                                    "names": ["circle", "rectangle", "triangle", "cross"]}))
+    data = tiny_dataset(tmp_path, seed=2)
     seed = int(os.environ.get("KILL_SEED", time.time_ns() % 10**6))
     rng = random.Random(seed)
     outcomes = []

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 import train
-from data.synthetic import generate
+from tests.fixtures import tiny_dataset
 from utils.checkpoints import load_checkpoint, load_model
 from utils.hyp import load_hyp
 
@@ -21,12 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, n_train=16, n_val=8, imgsz=96, seed=3)
-    cfg = root / "data.yaml"
-    cfg.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
-                                   "names": {0: "circle", 1: "rectangle", 2: "triangle", 3: "cross"}}))
-    return cfg
+    return tiny_dataset(tmp_path_factory.mktemp("synthetic"), imgsz=96)
 
 
 def args(data: Path, project: Path, name: str, *extra: str):
