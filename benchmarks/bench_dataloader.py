@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from data.synthetic import DEFAULT_ROOT, generate  # noqa: E402
+from data.synthetic import generate  # noqa: E402
 from utils.dataloaders import LoadImagesAndLabels  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 
@@ -36,7 +36,10 @@ def rate(ds, indices: list[int]) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="synthetic dataset root (generated if needed)")
+    # Its own folder: generating with other parameters into datasets/synthetic-tiny would replace the embedded
+    # dataset under a training run that is reading it.
+    ap.add_argument("--data", type=Path, default=ROOT / "datasets" / "synthetic-bench",
+                    help="synthetic dataset root (generated if needed)")
     ap.add_argument("--imgsz", type=int, default=256)
     ap.add_argument("--items", type=int, default=200, help="items per round and loader")
     ap.add_argument("--rounds", type=int, default=5)

@@ -11,7 +11,7 @@ Each image has its own seeded generator, so a given (seed, split, index) always 
 val split does not depend on ``n_train``. A marker file ``root/synthetic.json`` records the parameters: an existing
 dataset with the same parameters is reused, a different one is regenerated.
 
-CLI: ``python data/synthetic.py --out datasets/synthetic-tiny --n-train 400 --n-val 100 --imgsz 256``
+CLI: ``python data/synthetic.py --out datasets/my-synthetic --n-train 400 --n-val 100 --imgsz 256``
 """
 
 from __future__ import annotations
@@ -198,7 +198,8 @@ def generate(root: str | Path = DEFAULT_ROOT, n_train: int = 400, n_val: int = 1
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_ROOT, help="dataset root folder")
+    ap.add_argument("--out", type=Path, default=ROOT / "datasets" / "synthetic-custom",
+                    help="dataset root (data/synthetic-tiny.yaml generates its own in datasets/synthetic-tiny)")
     ap.add_argument("--n-train", type=int, default=400)
     ap.add_argument("--n-val", type=int, default=100)
     ap.add_argument("--imgsz", type=int, default=256)
