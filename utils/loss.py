@@ -127,7 +127,7 @@ class ComputeLoss:
                 else:
                     lbox += (wbox * box.loss).sum() / box.weight.sum().clamp(min=1e-12)  # loss holds f * L
                 iou = box.score.detach().clamp(0).type(tobj.dtype)  # CIoU for ciou, as YOLOv5
-                tobj[m["b"], m["a"], m["gj"], m["gi"]] = (1.0 - self.gr) + self.gr * iou
+                tobj.view(-1)[m["cell"]] = (1.0 - self.gr) + self.gr * iou
                 if "obj" in self.tfl_terms:
                     wobj = self._cell_weights(tobj.shape, m, w.type(tobj.dtype))
                 if self.nc > 1:  # YOLOv5 skips the class term for a single class
@@ -157,15 +157,14 @@ class ComputeLoss:
     def _cell_weights(shape: torch.Size, m: dict, w: torch.Tensor) -> torch.Tensor:
         """Objectness weight map (bs, na, ny, nx): 1 on negatives, the largest matched TFL weight on positives."""
         wmap = torch.ones(shape, dtype=w.dtype, device=w.device)
-        flat = ((m["b"] * shape[1] + m["a"]) * shape[2] + m["gj"]) * shape[3] + m["gi"]
-        wmap.view(-1).scatter_reduce_(0, flat, w, reduce="amax", include_self=False)
+        wmap.view(-1).scatter_reduce_(0, m["cell"], w, reduce="amax", include_self=False)
         return wmap
 
     def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor) -> list[dict]:
         """Match ground truths to anchors and cells, per level.
 
         Returns one dict per level with ``n`` (matches), ``b``/``a``/``gj``/``gi`` (image, anchor, cell row and
-        column), ``t`` (index of the ground truth in ``targets``), ``cls``, ``tbox`` (n, 4) xywh in grid cells
+        column), ``cell`` (their flat index into (bs, na, ny, nx)), ``t`` (index of the ground truth in ``targets``), ``cls``, ``tbox`` (n, 4) xywh in grid cells
         relative to the cell corner, and ``anchors`` (n, 2) in grid cells.
         """
         nt, na, dev = targets.shape[0], self.na, targets.device
@@ -188,7 +187,9 @@ class ComputeLoss:
             gxy = gxy.expand(5, -1, -1)[near]
             gij = (gxy - offsets[:, None].expand(-1, near.shape[1], -1)[near]).long()
             gi, gj = gij[:, 0].clamp_(0, nx - 1), gij[:, 1].clamp_(0, ny - 1)
-            levels.append({"n": t.shape[0], "b": targets[t, 0].long(), "a": a, "gj": gj, "gi": gi, "t": t,
+            b = targets[t, 0].long()
+            cell = ((b * na + a) * ny + gj) * nx + gi  # flat index into (bs, na, ny, nx)
+            levels.append({"n": t.shape[0], "b": b, "a": a, "gj": gj, "gi": gi, "t": t, "cell": cell,
                            "cls": targets[t, 1].long(), "tbox": torch.cat((gxy - gij, targets[t, 4:6] * grid), 1),
                            "anchors": self.anchors[i][a]})
         return levels
