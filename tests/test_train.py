@@ -114,3 +114,24 @@ def test_hyp_overrides_from_the_command_line():
     hyp = load_hyp("hyp.scratch-low.yaml", train.hyp_overrides(opt))
     assert (hyp.tfl, hyp.tfl_k, hyp.tfl_piecewise, hyp.tfl_terms, hyp.box_loss, hyp.tfl_s) == (
         True, 3.0, True, ("box", "cls"), "eiou", 256.0)
+
+
+def test_official_yolov5_weights_transfer_and_say_how_many(tmp_path, caplog):
+    """An official-style yolov5n .pt (a whole pickled module, 80 classes) fine-tuned on 4 classes: every tensor
+    whose shape fits is copied (all but the 3 class-dependent Detect convolutions' weights and biases)."""
+    import logging
+    from copy import deepcopy
+
+    from models.yolo import DetectionModel
+
+    src = DetectionModel("yolov5n.yaml", nc=80)
+    official = tmp_path / "yolov5n.pt"
+    torch.save({"epoch": -1, "model": deepcopy(src).half(), "ema": None, "optimizer": None}, official)
+    opt = train.get_args_parser().parse_args(["--weights", str(official)])
+    with caplog.at_level(logging.INFO, logger="tinyfocal"):
+        model = train.build_model(opt, nc=4, hyp=load_hyp(), device=torch.device("cpu"))
+    total = len(model.state_dict())
+    assert f"Transferred {total - 6}/{total} items from {official}" in caplog.text
+    stem = "model.0.conv.weight"
+    torch.testing.assert_close(model.state_dict()[stem], src.state_dict()[stem].half().float())
+    assert model.model[-1].nc == 4

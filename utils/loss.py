@@ -164,8 +164,9 @@ class ComputeLoss:
         """Match ground truths to anchors and cells, per level.
 
         Returns one dict per level with ``n`` (matches), ``b``/``a``/``gj``/``gi`` (image, anchor, cell row and
-        column), ``cell`` (their flat index into (bs, na, ny, nx)), ``t`` (index of the ground truth in ``targets``), ``cls``, ``tbox`` (n, 4) xywh in grid cells
-        relative to the cell corner, and ``anchors`` (n, 2) in grid cells.
+        column), ``cell`` (their flat index into (bs, na, ny, nx)), ``t`` (index of the ground truth in
+        ``targets``), ``cls``, ``tbox`` (n, 4) xywh in grid cells relative to the cell corner, and ``anchors``
+        (n, 2) in grid cells.
         """
         nt, na, dev = targets.shape[0], self.na, targets.device
         anchor_idx = torch.arange(na, device=dev).view(na, 1).expand(na, nt)
