@@ -87,10 +87,12 @@ def main() -> None:
     ref.load_state_dict(ours.state_dict())
     ref.hyp = {k: v for k, v in hyp.to_dict().items() if not k.startswith("tfl") and k != "box_loss"}
 
-    # 1. training step
+    # 1. training step; ours in channels-last memory format, as train.py and the inference backend run it
     imgs, targets = torch.rand(8, 3, 320, 320), make_targets(8)
+    ours.to(memory_format=torch.channels_last)
+    imgs_cl = imgs.contiguous(memory_format=torch.channels_last)
     ours.train(), ref.train()
-    t_ours, t_ref = alternate(train_step_fn(ours, ComputeLoss(ours, hyp), imgs, targets),
+    t_ours, t_ref = alternate(train_step_fn(ours, ComputeLoss(ours, hyp), imgs_cl, targets),
                               train_step_fn(ref, o.loss.ComputeLoss(ref), imgs, targets), args.reps)
     print(f"train step  yolov5n bs8 320px : ours {t_ours * 1e3:8.1f} ms   ref {t_ref * 1e3:8.1f} ms   "
           f"ratio {t_ours / t_ref:.3f}")
@@ -99,10 +101,11 @@ def main() -> None:
     ref.load_state_dict(ours.state_dict())
     ours.eval(), ref.eval()
     im = torch.rand(1, 3, 640, 640)
+    im_cl = im.contiguous(memory_format=torch.channels_last)
 
     def eval_ours():
         with torch.no_grad():
-            non_max_suppression(ours(im)[0], 0.001, 0.6, multi_label=True)
+            non_max_suppression(ours(im_cl)[0], 0.001, 0.6, multi_label=True)
 
     def eval_ref():
         with torch.no_grad():

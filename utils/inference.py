@@ -64,6 +64,8 @@ class TorchBackend(_Backend):
             LOGGER.warning("--half needs a CUDA device: running in fp32 on %s", device)
         if self.fp16:
             model.half()
+        # channels-last activations: oneDNN's convolutions run ~15% faster on CPU (and tensor cores prefer it)
+        model.to(memory_format=torch.channels_last)
         self.stride = model.stride.detach().cpu().clone()
         self.nc = int(model.yaml["nc"])
         self.names = dict(model.names)
@@ -73,7 +75,7 @@ class TorchBackend(_Backend):
     @torch.no_grad()
     def __call__(self, im: torch.Tensor) -> torch.Tensor:
         im = im.to(self.device, torch.float16 if self.fp16 else torch.float32)
-        return self.model(im)[0].float()
+        return self.model(im.contiguous(memory_format=torch.channels_last))[0].float()
 
 
 class OnnxBackend(_Backend):
