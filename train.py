@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 import val as validate  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
-from utils.autoanchor import check_anchors, save_anchor_report  # noqa: E402
+from utils.autoanchor import check_anchors, label_wh_pixels, save_anchor_report  # noqa: E402
 from utils.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.dataset_yaml import check_dataset  # noqa: E402
@@ -156,12 +156,8 @@ def resolve_tfl_auto(hyp: Hyp, dataset, imgsz: int, save_dir: Path, plots: bool)
 
 def label_sides_px(dataset, imgsz: int) -> np.ndarray:
     """sqrt(area) of every training label in input pixels, images letterboxed to ``imgsz`` (long side)."""
-    sides = []
-    for shape, lb in zip(dataset.shapes, dataset.labels):  # shape (w, h) original px, lb (n, 5) normalised
-        if len(lb):
-            r = imgsz / max(shape)
-            sides.append(np.sqrt(lb[:, 3] * shape[0] * r * lb[:, 4] * shape[1] * r))
-    return np.concatenate(sides) if sides else np.zeros(0)
+    wh = label_wh_pixels(dataset.shapes, dataset.labels, imgsz, scale_jitter=None)
+    return np.sqrt(wh[:, 0] * wh[:, 1])
 
 
 def find_resume_checkpoint(resume: str | bool, project: str) -> Path:
@@ -410,7 +406,7 @@ def save_epoch(weights_dir: Path, model, ema, optimizer, scheduler, epoch: int, 
                hyp: Hyp, opt, names, state: dict) -> None:
     """last.pt every epoch, best.pt when fitness ties or beats the best, epoch{n}.pt every --save-period."""
     kw = dict(model=de_parallel(model), ema=ema, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-              best_fitness=best_fitness, hyp=hyp.to_dict(), opt=plain(vars(opt)), names=names,
+              best_fitness=best_fitness, hyp=hyp, opt=opt, names=names,  # save_checkpoint makes them plain
               extra={"last_opt_step": state["last_opt_step"]})
     save_checkpoint(weights_dir / "last.pt", **kw)
     if fi >= best_fitness:
