@@ -41,13 +41,14 @@ def smooth_bce(eps: float = 0.0) -> tuple[float, float]:
 
 
 def focal_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 0.0, alpha: float = 0.25,
-                          pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+                          pos_weight: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Element-wise BCE on logits, with YOLOv5's focal modulation when ``gamma > 0`` (no reduction).
 
     ``loss * alpha_t * (1 - p_t)^gamma`` (Lin et al. 2017); with ``pos_weight`` None it equals
-    ``torchvision.ops.sigmoid_focal_loss``. ``gamma = 0`` is plain BCE (alpha unused, as YOLOv5).
+    ``torchvision.ops.sigmoid_focal_loss``. ``gamma = 0`` is plain BCE (alpha unused, as YOLOv5). ``weight``
+    (broadcastable to ``logits``) multiplies each element's loss, inside the BCE kernel.
     """
-    loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
+    loss = F.binary_cross_entropy_with_logits(logits, targets, weight=weight, pos_weight=pos_weight, reduction="none")
     if gamma > 0:
         p = logits.sigmoid()
         p_t = targets * p + (1 - targets) * (1 - p)
@@ -129,16 +130,13 @@ class ComputeLoss:
                 iou = box.score.detach().clamp(0).type(tobj.dtype)  # CIoU for ciou, as YOLOv5
                 tobj.view(-1)[m["cell"]] = (1.0 - self.gr) + self.gr * iou
                 if "obj" in self.tfl_terms:
-                    wobj = self._cell_weights(tobj.shape, m, w.type(tobj.dtype))
+                    wobj = self._cell_weights(tobj.shape, m, w if w.dtype == tobj.dtype else w.to(tobj.dtype))
                 if self.nc > 1:  # YOLOv5 skips the class term for a single class
                     t = torch.full_like(ps[:, 5:], self.cn)
                     t[torch.arange(m["n"], device=dev), m["cls"]] = self.cp
-                    bce = focal_bce_with_logits(ps[:, 5:], t, h.fl_gamma, h.fl_alpha, self.cls_pw)
-                    if "cls" in self.tfl_terms:
-                        bce = bce * w[:, None]
-                    lcls += bce.mean()
-            bce = focal_bce_with_logits(pi[..., 4], tobj, h.fl_gamma, h.fl_alpha, self.obj_pw)
-            lobj += (bce if wobj is None else bce * wobj).mean() * self.balance[i]
+                    wcls = w[:, None] if "cls" in self.tfl_terms else None
+                    lcls += focal_bce_with_logits(ps[:, 5:], t, h.fl_gamma, h.fl_alpha, self.cls_pw, wcls).mean()
+            lobj += focal_bce_with_logits(pi[..., 4], tobj, h.fl_gamma, h.fl_alpha, self.obj_pw, wobj).mean() * self.balance[i]
         lbox *= self.gains[0]
         lobj *= self.gains[1]
         lcls *= self.gains[2]
@@ -150,15 +148,16 @@ class ComputeLoss:
         if not self.tfl_terms:
             return torch.ones(targets.shape[0], device=targets.device)
         ny, nx = preds[0].shape[2:4]
-        input_wh = torch.tensor([nx * self.strides[0], ny * self.strides[0]], device=targets.device)
-        return tfl_weights(targets[:, 4:6] * input_wh, self.hyp.tfl_k, self.hyp.tfl_s, self.hyp.tfl_piecewise)
+        input_area = nx * ny * self.strides[0] ** 2  # px^2
+        # w * h normalised against S / input area: the same l = w_px * h_px / S without building a pixel tensor
+        return tfl_weights(targets[:, 4:6], self.hyp.tfl_k, self.hyp.tfl_s / input_area, self.hyp.tfl_piecewise)
 
     @staticmethod
     def _cell_weights(shape: torch.Size, m: dict, w: torch.Tensor) -> torch.Tensor:
         """Objectness weight map (bs, na, ny, nx): 1 on negatives, the largest matched TFL weight on positives."""
-        wmap = torch.ones(shape, dtype=w.dtype, device=w.device)
-        wmap.view(-1).scatter_reduce_(0, m["cell"], w, reduce="amax", include_self=False)
-        return wmap
+        wmap = torch.ones(shape.numel(), dtype=w.dtype, device=w.device)
+        # TFL weights are >= 1, so including the map's initial 1 in the max changes nothing (and is cheaper)
+        return wmap.scatter_reduce_(0, m["cell"], w, reduce="amax").view(shape)
 
     def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor) -> list[dict]:
         """Match ground truths to anchors and cells, per level.
