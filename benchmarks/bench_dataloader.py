@@ -3,7 +3,7 @@
 Both datasets are indexed directly (workers=0: one process, no DataLoader), in interleaved rounds so that load on
 a shared machine hits both alike; the median round rate of each is reported with the ratio ours / reference.
 
-    python benchmarks/bench_dataloader.py [--data DIR] [--imgsz 256] [--items 200] [--rounds 5]
+    python benchmarks/bench_dataloader.py [--data DIR] [--imgsz 256] [--items 200] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="synthetic dataset root (generated if needed)")
     ap.add_argument("--imgsz", type=int, default=256)
     ap.add_argument("--items", type=int, default=200, help="items per round and loader")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     a = ap.parse_args(argv)
 
     from tests.oracle import load_oracle  # late: the reference is only needed here

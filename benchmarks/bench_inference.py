@@ -35,9 +35,12 @@ from utils.inference import load_backend  # noqa: E402
 from utils.torch_utils import count_gflops  # noqa: E402
 
 
-def median_times(fns: list, reps: int, warmup: int = 3) -> tuple[list[float], list[float]]:
+def median_times(fns: list, reps: int, warmup: int = 3, gap: float = 0.05) -> tuple[list[float], list[float]]:
     """(median, min) seconds per call of each function. The functions are interleaved repetition by repetition,
-    their order rotated each repetition so that none always runs right after another (e.g. after ONNX Runtime)."""
+    their order rotated each repetition so that none always runs right after another. Each timed call is the
+    second of two back-to-back calls that start after ``gap`` idle seconds: no thread pool still spinning from
+    another engine's call (ONNX Runtime's or PyTorch's OpenMP workers) competes for the cores, and each engine is
+    timed warm, as in a stream of images."""
     for _ in range(warmup):
         for f in fns:
             f()
@@ -45,6 +48,8 @@ def median_times(fns: list, reps: int, warmup: int = 3) -> tuple[list[float], li
     for r in range(reps):
         for k in range(len(fns)):
             i = (k + r) % len(fns)
+            time.sleep(gap)
+            fns[i]()
             t0 = time.perf_counter()
             fns[i]()
             times[i].append(time.perf_counter() - t0)

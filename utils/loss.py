@@ -136,7 +136,8 @@ class ComputeLoss:
                     t[torch.arange(m["n"], device=dev), m["cls"]] = self.cp
                     wcls = w[:, None] if "cls" in self.tfl_terms else None
                     lcls += focal_bce_with_logits(ps[:, 5:], t, h.fl_gamma, h.fl_alpha, self.cls_pw, wcls).mean()
-            lobj += focal_bce_with_logits(pi[..., 4], tobj, h.fl_gamma, h.fl_alpha, self.obj_pw, wobj).mean() * self.balance[i]
+            bce = focal_bce_with_logits(pi[..., 4], tobj, h.fl_gamma, h.fl_alpha, self.obj_pw, wobj)
+            lobj += bce.mean() * self.balance[i]
         lbox *= self.gains[0]
         lobj *= self.gains[1]
         lcls *= self.gains[2]
