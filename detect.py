@@ -31,9 +31,9 @@ if str(ROOT) not in sys.path:
 from utils.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
 from utils.boxes import xyxy2xywh  # noqa: E402
 from utils.checkpoints import CheckpointError  # noqa: E402
-from utils.dataloaders import LoadImages  # noqa: E402
 from utils.inference import Detector  # noqa: E402
 from utils.plots import color  # noqa: E402
+from utils.sources import LoadImages  # noqa: E402
 from utils.train_utils import increment_path  # noqa: E402
 
 LOGGER = logging.getLogger("tinyfocal")

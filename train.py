@@ -31,7 +31,7 @@ import val as validate  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.autoanchor import check_anchors, label_wh_pixels, save_anchor_report  # noqa: E402
-from utils.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from utils.checkpoints import load_checkpoint  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.dataset_yaml import check_dataset  # noqa: E402
 from utils.hyp import Hyp, load_hyp  # noqa: E402
@@ -39,6 +39,7 @@ from utils.loggers import RunLogger  # noqa: E402
 from utils.loss import LOSS_NAMES, ComputeLoss, loss_gains  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results  # noqa: E402
+from utils.run_state import find_resume_checkpoint, restore_training_state, save_epoch  # noqa: E402
 from utils.tfl import suggest_tfl  # noqa: E402
 from utils.tfl_plots import plot_tfl_auto  # noqa: E402
 from utils.torch_utils import ModelEMA, de_parallel, init_seeds, select_device, smart_optimizer  # noqa: E402
@@ -158,19 +159,6 @@ def label_sides_px(dataset, imgsz: int) -> np.ndarray:
     """sqrt(area) of every training label in input pixels, images letterboxed to ``imgsz`` (long side)."""
     wh = label_wh_pixels(dataset.shapes, dataset.labels, imgsz, scale_jitter=None)
     return np.sqrt(wh[:, 0] * wh[:, 1])
-
-
-def find_resume_checkpoint(resume: str | bool, project: str) -> Path:
-    """--resume with a path -> that path; bare --resume -> the most recent runs/*/weights/last.pt."""
-    if isinstance(resume, str):
-        path = Path(resume)
-        if not path.is_file():
-            raise FileNotFoundError(f"--resume: checkpoint {path} not found")
-        return path
-    candidates = sorted(Path(project).glob("*/weights/last.pt"), key=os.path.getmtime)
-    if not candidates:
-        raise FileNotFoundError(f"--resume: no runs with weights/last.pt under {project}")
-    return candidates[-1]
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -400,36 +388,6 @@ def epoch_row(mloss: torch.Tensor, results: dict, optimizer) -> dict[str, float]
         row.update({f"metrics/{bucket}/{k}": float(m[k]) for k in ("p", "r", "map50", "map50_95")})
     row.update({f"x/lr{j}": g["lr"] for j, g in enumerate(optimizer.param_groups)})
     return row
-
-
-def save_epoch(weights_dir: Path, model, ema, optimizer, scheduler, epoch: int, best_fitness: float, fi: float,
-               hyp: Hyp, opt, names, state: dict) -> None:
-    """last.pt every epoch, best.pt when fitness ties or beats the best, epoch{n}.pt every --save-period."""
-    kw = dict(model=de_parallel(model), ema=ema, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-              best_fitness=best_fitness, hyp=hyp, opt=opt, names=names,  # save_checkpoint makes them plain
-              extra={"last_opt_step": state["last_opt_step"]})
-    save_checkpoint(weights_dir / "last.pt", **kw)
-    if fi >= best_fitness:
-        save_checkpoint(weights_dir / "best.pt", **kw)
-    if opt.save_period > 0 and epoch % opt.save_period == 0:
-        save_checkpoint(weights_dir / f"epoch{epoch}.pt", **kw)
-
-
-def restore_training_state(ckpt: dict, model, ema, optimizer, scheduler) -> tuple[int, float]:
-    """Load model, EMA, optimiser and scheduler state from a checkpoint; returns (start_epoch, best_fitness)."""
-    model.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
-    if ema is not None and ckpt.get("ema"):
-        ema.ema.load_state_dict({k: v.float() for k, v in ckpt["ema"].items()})
-        ema.updates = ckpt.get("updates", 0)
-    if ckpt.get("optimizer"):
-        optimizer.load_state_dict(ckpt["optimizer"])
-    if ckpt.get("scheduler"):
-        scheduler.load_state_dict(ckpt["scheduler"])
-    start_epoch = ckpt["epoch"] + 1
-    if start_epoch >= ckpt["opt"]["epochs"]:
-        raise ValueError(f"{ckpt['opt'].get('save_dir')}: training finished at epoch {ckpt['epoch']}, nothing to "
-                         "resume; start a new run with --weights instead")
-    return start_epoch, float(ckpt.get("best_fitness", 0.0))
 
 
 def plain(d: dict) -> dict:

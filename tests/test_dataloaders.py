@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 import utils.dataloaders as dl
-from utils.dataloaders import DatasetNotFoundError, LoadImages, LoadImagesAndLabels, create_dataloader
+from utils.dataloaders import DatasetNotFoundError, LoadImagesAndLabels, create_dataloader
 from utils.hyp import Hyp
 from utils.plots import plot_images, plot_labels, plot_results
+from utils.sources import LoadImages
 
 OBJ_BGR = (0, 0, 255)  # pure red objects on a pure blue background
 BG_BGR = (255, 0, 0)

@@ -116,7 +116,7 @@ unicode_name = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklis
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=unicode_name, folder=unicode_name)
 def test_fuzz_unicode_paths(tmp_path, name, folder):
-    from utils.dataloaders import imread
+    from utils.sources import imread
 
     im_dir = tmp_path / folder / "images"
     im_dir.mkdir(parents=True, exist_ok=True)

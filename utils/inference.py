@@ -21,9 +21,9 @@ import torch
 from utils.augmentations import letterbox
 from utils.boxes import scale_boxes
 from utils.checkpoints import CheckpointError, load_model
-from utils.dataloaders import imread
 from utils.nms import non_max_suppression
 from utils.slicing import sliced_detect, sliced_predictions
+from utils.sources import imread
 from utils.torch_utils import select_device, time_sync
 
 LOGGER = logging.getLogger(__name__)
