@@ -110,31 +110,32 @@ class ComputeLoss:
     def __call__(self, preds: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, dev = self.hyp, self.device
         lbox, lobj, lcls = (torch.zeros(1, device=dev) for _ in range(3))
-        weights = self.target_weights(preds, targets)  # (nt,) TFL weight per ground truth
+        terms = self.tfl_terms
+        weights = self.target_weights(preds, targets) if terms else None  # (nt,) TFL weight per ground truth
         for i, (pi, m) in enumerate(zip(preds, self.build_targets(preds, targets))):
             tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=dev)
             wobj = None
             if m["n"]:
                 ps = pi[m["b"], m["a"], m["gj"], m["gi"]]  # (n, 5 + nc) predictions at the matched cells
-                w = weights[m["t"]]
-                if h.tfl_norm == "mean":
+                w = None if weights is None else weights[m["t"]]  # (n,) TFL weight per match
+                if w is not None and h.tfl_norm == "mean":
                     w = w / w.mean()
                 pxy = ps[:, :2].sigmoid() * 2 - 0.5
                 pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * m["anchors"]
                 box = self.box_loss_fns[i](xywh2xyxy(torch.cat((pxy, pwh), 1)), xywh2xyxy(m["tbox"]))
-                wbox = w if "box" in self.tfl_terms else 1.0
+                lb = w * box.loss if "box" in terms else box.loss
                 if box.weight is None:
-                    lbox += (wbox * box.loss).sum() / m["n"]
+                    lbox += lb.sum() / m["n"]
                 else:
-                    lbox += (wbox * box.loss).sum() / box.weight.sum().clamp(min=1e-12)  # loss holds f * L
+                    lbox += lb.sum() / box.weight.sum().clamp(min=1e-12)  # loss holds f * L
                 iou = box.score.detach().clamp(0).type(tobj.dtype)  # CIoU for ciou, as YOLOv5
                 tobj.view(-1)[m["cell"]] = (1.0 - self.gr) + self.gr * iou
-                if "obj" in self.tfl_terms:
+                if "obj" in terms:
                     wobj = self._cell_weights(tobj.shape, m, w if w.dtype == tobj.dtype else w.to(tobj.dtype))
                 if self.nc > 1:  # YOLOv5 skips the class term for a single class
                     t = torch.full_like(ps[:, 5:], self.cn)
                     t[torch.arange(m["n"], device=dev), m["cls"]] = self.cp
-                    wcls = w[:, None] if "cls" in self.tfl_terms else None
+                    wcls = w[:, None] if "cls" in terms else None
                     lcls += focal_bce_with_logits(ps[:, 5:], t, h.fl_gamma, h.fl_alpha, self.cls_pw, wcls).mean()
             bce = focal_bce_with_logits(pi[..., 4], tobj, h.fl_gamma, h.fl_alpha, self.obj_pw, wobj)
             lobj += bce.mean() * self.balance[i]
