@@ -112,12 +112,12 @@ class ComputeLoss:
         lbox, lobj, lcls = (torch.zeros(1, device=dev) for _ in range(3))
         terms = self.tfl_terms
         weights = self.target_weights(preds, targets) if terms else None  # (nt,) TFL weight per ground truth
-        for i, (pi, m) in enumerate(zip(preds, self.build_targets(preds, targets))):
+        for i, (pi, m) in enumerate(zip(preds, self.build_targets(preds, targets, weights))):
             tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=dev)
             wobj = None
             if m["n"]:
                 ps = pi[m["b"], m["a"], m["gj"], m["gi"]]  # (n, 5 + nc) predictions at the matched cells
-                w = None if weights is None else weights[m["t"]]  # (n,) TFL weight per match
+                w = m["w"]  # (n,) TFL weight per match, None when TFL is off
                 if w is not None and h.tfl_norm == "mean":
                     w = w / w.mean()
                 pxy = ps[:, :2].sigmoid() * 2 - 0.5
@@ -161,14 +161,17 @@ class ComputeLoss:
         # TFL weights are >= 1, so including the map's initial 1 in the max changes nothing (and is cheaper)
         return wmap.scatter_reduce_(0, m["cell"], w, reduce="amax").view(shape)
 
-    def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor) -> list[dict]:
+    def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor,
+                      weights: torch.Tensor | None = None) -> list[dict]:
         """Match ground truths to anchors and cells, per level.
 
         Returns one dict per level with ``n`` (matches), ``b``/``a``/``gj``/``gi`` (image, anchor, cell row and
         column), ``cell`` (their flat index into (bs, na, ny, nx)), ``t`` (index of the ground truth in
-        ``targets``), ``cls``, ``tbox`` (n, 4) xywh in grid cells relative to the cell corner, and ``anchors``
-        (n, 2) in grid cells.
+        ``targets``), ``cls``, ``tbox`` (n, 4) xywh in grid cells relative to the cell corner, ``anchors``
+        (n, 2) in grid cells, and ``w`` (n,): ``weights`` (nt,) of the matched ground truths, or None.
         """
+        if weights is not None:  # carried as a 7th column: one gather per level serves all the columns
+            targets = torch.cat((targets, weights[:, None].to(targets.dtype)), 1)
         nt, na, dev = targets.shape[0], self.na, targets.device
         anchor_idx = torch.arange(na, device=dev).view(na, 1).expand(na, nt)
         target_idx = torch.arange(nt, device=dev).view(1, nt).expand(na, nt)
@@ -189,9 +192,10 @@ class ComputeLoss:
             gxy = gxy.expand(5, -1, -1)[near]
             gij = (gxy - offsets[:, None].expand(-1, near.shape[1], -1)[near]).long()
             gi, gj = gij[:, 0].clamp_(0, nx - 1), gij[:, 1].clamp_(0, ny - 1)
-            b = targets[t, 0].long()
+            tt = targets[t]  # (n, 6 or 7) the matched ground truths
+            b = tt[:, 0].long()
             cell = ((b * na + a) * ny + gj) * nx + gi  # flat index into (bs, na, ny, nx)
             levels.append({"n": t.shape[0], "b": b, "a": a, "gj": gj, "gi": gi, "t": t, "cell": cell,
-                           "cls": targets[t, 1].long(), "tbox": torch.cat((gxy - gij, targets[t, 4:6] * grid), 1),
-                           "anchors": self.anchors[i][a]})
+                           "cls": tt[:, 1].long(), "tbox": torch.cat((gxy - gij, tt[:, 4:6] * grid), 1),
+                           "anchors": self.anchors[i][a], "w": tt[:, 6] if weights is not None else None})
         return levels
