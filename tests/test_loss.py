@@ -8,6 +8,7 @@ import torchvision
 
 from utils.hyp import load_hyp
 from utils.loss import ComputeLoss, focal_bce_with_logits, loss_gains
+from utils.tfl import weight_positive_cells
 
 IMGSZ = 256
 
@@ -171,8 +172,9 @@ def test_tfl_shared_cell_takes_largest_weight():
     loss = ComputeLoss(model, base_hyp(tfl=True))
     preds = make_preds(3, bs=1)
     weights = loss.target_weights(preds, targets)
-    m = loss.build_targets(preds, targets)[0]
-    wmap = loss._cell_weights(preds[0].shape[:4], m, weights[m["t"]])
+    m = loss.build_targets(preds, targets, weights)[0]
+    shape = preds[0].shape[:4]
+    wmap = weight_positive_cells(torch.ones(shape.numel()), m["cell"], m["w"]).view(shape)  # loss 1 -> the weights
     cell = (0, m["a"][0], m["gj"][0], m["gi"][0])
     shared = (m["a"] == cell[1]) & (m["gj"] == cell[2]) & (m["gi"] == cell[3])
     assert set(m["t"][shared].tolist()) == {0, 1}, "fixture must put both targets in one cell"
@@ -252,3 +254,30 @@ def test_tfl_has_zero_inference_cost():
         torch.testing.assert_close(model(x)[0], out_before, rtol=0, atol=0)
     assert sum(p.numel() for p in model.parameters()) == n_params
     assert set(model.state_dict()) == set(before)
+
+
+def _explicit_cell_weighting(loss, cell, w, divisor=None):
+    """The definition: a weight map of ones, each positive cell the largest (w / divisor) of its matches."""
+    wn = w if divisor is None else w / divisor
+    wmap = torch.ones_like(loss).scatter_reduce(0, cell, wn, reduce="amax", include_self=False)
+    return loss * wmap
+
+
+@pytest.mark.parametrize("divisor", [None, 1.37])
+def test_weight_positive_cells_equals_weight_map(divisor):
+    """Shared cells, weights of exactly 1 (piecewise big objects) and a divisor that pushes weights under 1:
+    values and gradients equal the explicit ones-map formulation."""
+    g = torch.Generator().manual_seed(0)
+    loss = torch.rand(500, generator=g).requires_grad_()
+    cell = torch.randint(0, 60, (200,), generator=g)  # many duplicates
+    w = torch.where(torch.rand(200, generator=g) < 0.3, torch.ones(200), 1 + torch.rand(200, generator=g))
+    d = None if divisor is None else torch.tensor(divisor)
+    ours, ref = weight_positive_cells(loss, cell, w, d), _explicit_cell_weighting(loss, cell, w, d)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
+    upstream = torch.rand(500, generator=g)
+    (g_ours,) = torch.autograd.grad((ours * upstream).sum(), loss)
+    (g_ref,) = torch.autograd.grad((ref * upstream).sum(), loss)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-6, atol=1e-9)
+    untouched = torch.ones(500, dtype=torch.bool)
+    untouched[cell] = False
+    assert torch.equal(ours[untouched], loss[untouched])

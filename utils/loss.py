@@ -27,7 +27,7 @@ from torch import nn
 from utils.box_losses import get_box_loss
 from utils.boxes import xywh2xyxy
 from utils.hyp import Hyp, hyp_from_model_or_dict
-from utils.tfl import tfl_weights
+from utils.tfl import tfl_weights, weight_positive_cells
 
 LOSS_NAMES = ("box", "obj", "cls")
 # Neighbour-cell offsets in grid cells: the target's own cell, then left, up, right, down (YOLOv5's order,
@@ -117,9 +117,10 @@ class ComputeLoss:
             wobj = None
             if m["n"]:
                 ps = pi[m["b"], m["a"], m["gj"], m["gi"]]  # (n, 5 + nc) predictions at the matched cells
-                w = m["w"]  # (n,) TFL weight per match, None when TFL is off
-                if w is not None and h.tfl_norm == "mean":
-                    w = w / w.mean()
+                w = w_raw = m["w"]  # (n,) TFL weight per match, >= 1; None when TFL is off
+                mu = w.mean() if w is not None and h.tfl_norm == "mean" else None
+                if mu is not None:
+                    w = w / mu
                 pxy = ps[:, :2].sigmoid() * 2 - 0.5
                 pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * m["anchors"]
                 box = self.box_loss_fns[i](xywh2xyxy(torch.cat((pxy, pwh), 1)), xywh2xyxy(m["tbox"]))
@@ -131,13 +132,15 @@ class ComputeLoss:
                 iou = box.score.detach().clamp(0).type(tobj.dtype)  # CIoU for ciou, as YOLOv5
                 tobj.view(-1)[m["cell"]] = (1.0 - self.gr) + self.gr * iou
                 if "obj" in terms:
-                    wobj = self._cell_weights(tobj.shape, m, w if w.dtype == tobj.dtype else w.to(tobj.dtype))
+                    wobj = (m["cell"], w_raw if w_raw.dtype == tobj.dtype else w_raw.to(tobj.dtype), mu)
                 if self.nc > 1:  # YOLOv5 skips the class term for a single class
                     t = torch.full_like(ps[:, 5:], self.cn)
                     t[torch.arange(m["n"], device=dev), m["cls"]] = self.cp
                     wcls = w[:, None] if "cls" in terms else None
                     lcls += focal_bce_with_logits(ps[:, 5:], t, h.fl_gamma, h.fl_alpha, self.cls_pw, wcls).mean()
-            bce = focal_bce_with_logits(pi[..., 4], tobj, h.fl_gamma, h.fl_alpha, self.obj_pw, wobj)
+            bce = focal_bce_with_logits(pi[..., 4], tobj, h.fl_gamma, h.fl_alpha, self.obj_pw)
+            if wobj is not None:
+                bce = weight_positive_cells(bce.reshape(-1), *wobj)
             lobj += bce.mean() * self.balance[i]
         lbox *= self.gains[0]
         lobj *= self.gains[1]
@@ -153,13 +156,6 @@ class ComputeLoss:
         input_area = nx * ny * self.strides[0] ** 2  # px^2
         # w * h normalised against S / input area: the same l = w_px * h_px / S without building a pixel tensor
         return tfl_weights(targets[:, 4:6], self.hyp.tfl_k, self.hyp.tfl_s / input_area, self.hyp.tfl_piecewise)
-
-    @staticmethod
-    def _cell_weights(shape: torch.Size, m: dict, w: torch.Tensor) -> torch.Tensor:
-        """Objectness weight map (bs, na, ny, nx): 1 on negatives, the largest matched TFL weight on positives."""
-        wmap = torch.ones(shape.numel(), dtype=w.dtype, device=w.device)
-        # TFL weights are >= 1, so including the map's initial 1 in the max changes nothing (and is cheaper)
-        return wmap.scatter_reduce_(0, m["cell"], w, reduce="amax").view(shape)
 
     def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor,
                       weights: torch.Tensor | None = None) -> list[dict]:
