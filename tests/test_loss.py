@@ -281,3 +281,28 @@ def test_weight_positive_cells_equals_weight_map(divisor):
     untouched = torch.ones(500, dtype=torch.bool)
     untouched[cell] = False
     assert torch.equal(ours[untouched], loss[untouched])
+
+
+@pytest.mark.parametrize("norm", ["sum", "mean"])
+def test_compute_loss_objectness_weighting_matches_weight_map(norm, monkeypatch):
+    """ComputeLoss's TFL objectness term (mixed sizes, so 'mean' pushes some weights under 1) equals the same loss
+    computed with the explicit ones-map weighting."""
+    import utils.loss as loss_module
+
+    model = FakeModel(3)
+    g = torch.Generator().manual_seed(3)
+    n = 40
+    wh = torch.exp(torch.empty(n, 2).uniform_(-4.0, -1.2, generator=g))
+    targets = torch.cat((torch.randint(0, 2, (n, 1), generator=g).float(), torch.randint(0, 3, (n, 1), generator=g),
+                         wh / 2 + torch.rand(n, 2, generator=g) * (1 - wh), wh), 1)
+    preds = make_preds(3, bs=2)
+    hyp = base_hyp(tfl=True, tfl_terms=["obj"], tfl_norm=norm)
+    ours = ComputeLoss(model, hyp)(preds, targets)[1]
+
+    def explicit(loss, cell, w, divisor=None):
+        return _explicit_cell_weighting(loss, cell, w, divisor)
+
+    monkeypatch.setattr(loss_module, "weight_positive_cells", explicit)
+    ref = ComputeLoss(model, hyp)(preds, targets)[1]
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
+    assert ours[1] != ComputeLoss(model, base_hyp())(preds, targets)[1][1]  # the weighting did something
