@@ -132,7 +132,7 @@ class ComputeLoss:
                 iou = box.score.detach().clamp(0).type(tobj.dtype)  # CIoU for ciou, as YOLOv5
                 tobj.view(-1)[m["cell"]] = (1.0 - self.gr) + self.gr * iou
                 if "obj" in terms:
-                    wobj = (m["cell"], w_raw if w_raw.dtype == tobj.dtype else w_raw.to(tobj.dtype), mu)
+                    wobj = (m["cell"], w_raw, mu)
                 if self.nc > 1:  # YOLOv5 skips the class term for a single class
                     t = torch.full_like(ps[:, 5:], self.cn)
                     t[torch.arange(m["n"], device=dev), m["cls"]] = self.cp
