@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,14 +36,13 @@ from utils.autoanchor import check_anchors, label_wh_pixels, save_anchor_report 
 from utils.checkpoints import load_checkpoint  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.dataset_yaml import check_dataset  # noqa: E402
-from utils.hyp import Hyp, load_hyp  # noqa: E402
+from utils.hyp import Hyp, load_hyp, parse_overrides  # noqa: E402
 from utils.loggers import RunLogger  # noqa: E402
 from utils.loss import LOSS_NAMES, ComputeLoss, loss_gains  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
-from utils.plots import plot_images, plot_labels, plot_results  # noqa: E402
+from utils.plots import plot_images, plot_labels, plot_results, plot_tfl_auto  # noqa: E402
 from utils.run_state import find_resume_checkpoint, restore_training_state, save_epoch  # noqa: E402
 from utils.tfl import suggest_tfl  # noqa: E402
-from utils.tfl_plots import plot_tfl_auto  # noqa: E402
 from utils.torch_utils import ModelEMA, de_parallel, init_seeds, select_device, smart_optimizer  # noqa: E402
 from utils.train_utils import (  # noqa: E402
     LOGGER,
@@ -50,6 +51,8 @@ from utils.train_utils import (  # noqa: E402
     NonFiniteGuard,
     increment_path,
     lr_factor,
+    multi_scale_size,
+    rescale_batch,
     transfer_weights,
     warmup_accumulate,
     warmup_values,
@@ -71,6 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all devices")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=128, help="train and val image size (px)")
     p.add_argument("--rect", action="store_true", help="rectangular training batches")
+    p.add_argument("--multi-scale", action="store_true", help="each batch at a random stride-aligned size in "
+                   "[0.5, 1.5] x imgsz (as YOLOv5)")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume a run: its last.pt or the latest")
     p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
     p.add_argument("--noval", action="store_true", help="only validate after the final epoch")
@@ -105,15 +110,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def hyp_overrides(opt: argparse.Namespace) -> list[str]:
-    """Command-line hyperparameter overrides as ``key=value`` strings (the explicit flags after --hyp-set)."""
-    out = list(opt.hyp_set)
-    if opt.tfl in ("on", "off"):
-        out.append(f"tfl={opt.tfl == 'on'}")
+def hyp_overrides(opt: argparse.Namespace) -> dict[str, Any]:
+    """Command-line hyperparameter overrides: ``--hyp-set key=value`` strings (parsed against each key's declared
+    type by utils.hyp) and, winning over them, the explicit flags as typed values."""
+    out: dict[str, Any] = parse_overrides(opt.hyp_set)
     flags = {"tfl_k": opt.tfl_k, "tfl_s": opt.tfl_s, "tfl_piecewise": opt.tfl_piecewise, "tfl_norm": opt.tfl_norm,
              "box_loss": opt.box_loss, "label_smoothing": opt.label_smoothing,
-             "tfl_terms": f"[{','.join(opt.tfl_terms)}]" if opt.tfl_terms else None}
-    out += [f"{k}={v}" for k, v in flags.items() if v is not None]
+             "tfl_terms": tuple(opt.tfl_terms) if opt.tfl_terms else None}
+    if opt.tfl in ("on", "off"):
+        flags["tfl"] = opt.tfl == "on"
+    out.update({k: v for k, v in flags.items() if v is not None})
     return out
 
 
@@ -183,6 +189,9 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, ema, epoch: int, 
         ni = i + nb * epoch
         imgs = (imgs.to(device, non_blocking=True).float() / 255).contiguous(memory_format=torch.channels_last)
         targets = targets.to(device)
+        if opt.multi_scale:
+            gs = int(de_parallel(model).stride.max())
+            imgs = rescale_batch(imgs, multi_scale_size(opt.imgsz, gs, random), gs)
         accumulate = set_warmup(optimizer, ni, state["nw"], epoch, opt, hyp)
         with torch.autocast(device.type, enabled=scaler.is_enabled()):
             loss, parts = loss_fn(model(imgs), targets)

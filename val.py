@@ -32,9 +32,11 @@ from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
 from utils.coco_eval import coco_evaluate, detections_to_coco_json, image_id_from_path, yolo_labels_to_coco  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.dataset_yaml import DatasetError, check_dataset  # noqa: E402
+from utils.ignore import centres_in_areas, to_pixels  # noqa: E402
+from utils.inference import load_backend  # noqa: E402
 from utils.metrics import ConfusionMatrix, match_predictions, mean_results, pr_curves  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
-from utils.plots import plot_images  # noqa: E402
+from utils.plots import plot_confusion_matrix, plot_images, plot_metric_curves  # noqa: E402
 from utils.size_metrics import SizeBucketStats, format_size_table, size_buckets  # noqa: E402
 from utils.train_utils import LOGGER, increment_path  # noqa: E402
 
@@ -103,7 +105,7 @@ class Accumulator:
             np.zeros((0, 10), bool), np.zeros(0), np.zeros(0), np.zeros(0))
         curves = pr_curves(tp, conf, pcls, tcls)
         if save_dir is not None:
-            curves.plot(save_dir, names)
+            plot_metric_curves(curves, save_dir, names)
         _, _, p, r, _, ap, classes = curves.summary()
         mp, mr, map50, map_ = mean_results(p, r, ap)
         per_class = {names.get(int(c), str(int(c))): {"n_gt": int(n), "p": float(p[i]), "r": float(r[i]),
@@ -140,8 +142,6 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
         half &= device.type == "cuda"
         backend = None
     else:
-        from utils.inference import load_backend  # late import: detect/export pieces are not needed by training
-
         backend = load_backend(weights, device=device, half=half)
         model, device = backend, backend.device
         tfl_s = tfl_s or (backend.hyp or {}).get("tfl_s")
@@ -162,6 +162,7 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
         model.half() if half else model.float()
         model.eval()
     acc = Accumulator(nc, size_buckets(bucket_spec(size_buckets_spec), tfl_s or 1024.0))
+    ignores = ignore_areas_by_file(dataloader)
     loss = torch.zeros(3, device=device)
     jdict, coco_images, dt = [], [], [0.0, 0.0, 0.0]
     for batch_i, (im, targets, paths, shapes) in enumerate(tqdm(dataloader, desc="val", leave=False)):
@@ -193,11 +194,12 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
             tbox = xywh2xyxy(labels[:, 1:5])
             scale_boxes(im[si].shape[1:], tbox, shape, shapes[si][1])
             labelsn = torch.cat((labels[:, 0:1], tbox), 1)
-            acc.update(predn, labelsn)
-            if save_txt:
+            evaln = drop_ignored(predn, ignores.get(paths[si]), shape)  # what every metric (and COCO JSON) sees
+            acc.update(evaln, labelsn)
+            if save_txt:  # all detections: the ignore rule belongs to the evaluation, not to the model's output
                 save_one_txt(predn, save_conf, shape, save_dir / "labels" / f"{path.stem}.txt")
             if save_json:
-                jdict += detections_to_coco_json(predn, image_id_from_path(path))
+                jdict += detections_to_coco_json(evaln, image_id_from_path(path))
                 coco_images.append((path, shape, labelsn.cpu().numpy()))
         if plots and batch_i < 3:
             plot_images(im, targets, paths, save_dir / f"val_batch{batch_i}_labels.jpg", names)
@@ -210,7 +212,7 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
     if compute_loss is not None:
         results.update({f"val/{n}_loss": float(v) / len(dataloader) for n, v in zip(("box", "obj", "cls"), loss)})
     if plots:
-        acc.confusion.plot(save_dir=save_dir, names=list(names.values()))
+        plot_confusion_matrix(acc.confusion.matrix, save_dir / "confusion_matrix.png", list(names.values()))
     if save_json and jdict:
         results["coco"] = evaluate_coco(jdict, coco_images, names, save_dir, Path(weights or "model").stem)
     report(results, names, verbose or (not training and nc < 50), training)
@@ -218,6 +220,23 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
     if training:
         model.float()
     return results
+
+
+def ignore_areas_by_file(dataloader) -> dict[str, np.ndarray]:
+    """{image path: (m, 4) ignore areas [x1, y1, x2, y2] normalised} of the images that have any, from the
+    loader's ``LoadImagesAndLabels.ignores``; empty for datasets without ignore files (or other loaders)."""
+    ds = getattr(dataloader, "dataset", None)
+    return {f: a for f, a in zip(getattr(ds, "im_files", ()), getattr(ds, "ignores", ())) if a is not None}
+
+
+def drop_ignored(predn: torch.Tensor, areas: np.ndarray | None, shape: tuple[int, int]) -> torch.Tensor:
+    """Detections minus those whose box centre lies in an ignore area (VisDrone/TinyPerson protocol: neither TP
+    nor FP). predn (N, 6) [x1, y1, x2, y2, conf, cls] original pixels; areas (m, 4) normalised or None;
+    shape (h0, w0) original pixels. Returns predn itself when there is nothing to drop."""
+    if areas is None or not len(predn):
+        return predn
+    inside = centres_in_areas(predn[:, :4], to_pixels(areas, shape[1], shape[0]))
+    return predn[~inside] if bool(inside.any()) else predn
 
 
 def preds_to_targets(preds: list[torch.Tensor]) -> torch.Tensor:

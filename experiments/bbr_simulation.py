@@ -42,6 +42,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from utils.box_geometry import box_geometry  # noqa: E402
 from utils.box_losses import get_box_loss  # noqa: E402
 from utils.boxes import xywh2xyxy  # noqa: E402
+from utils.plots import new_figure, save_figure  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -162,33 +163,26 @@ def markdown_table(sim: dict) -> str:
 
 def save_outputs(sim: dict, out: Path) -> None:
     """Write ``setup{n}.json`` (numbers and curves), ``setup{n}_error.png`` and ``setup{n}_iou.png`` to ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"setup{sim['setup']}"
     numbers = {k: v for k, v in sim.items() if k != "results"}
     numbers["results"] = {n: {k: v for k, v in r.items() if k != "iou"} for n, r in sim["results"].items()}
     stem.with_suffix(".json").write_text(json.dumps(numbers, indent=1))
 
-    fig, ax = plt.subplots(figsize=(6, 4), tight_layout=True)
+    fig, ax = new_figure((6, 4))
     for name, r in sim["results"].items():
         ax.plot(range(1, sim["iters"] + 1), r["error_curve"], label=name)
     ax.set(yscale="log", xlabel="iteration", ylabel="summed l1 error (px)",
            title=f"BBR simulation, setup {sim['setup']}")
     ax.legend()
-    fig.savefig(f"{stem}_error.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, f"{stem}_error.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4), tight_layout=True)
+    fig, ax = new_figure((6, 4))
     names = list(sim["results"])
     ax.boxplot([sim["results"][n]["iou"].numpy() for n in names], flierprops={"markersize": 2, "alpha": 0.3})
     ax.set_xticks(range(1, len(names) + 1), names)
     ax.set(ylabel="final IoU", title=f"Final IoU per anchor-target pair, setup {sim['setup']}")
-    fig.savefig(f"{stem}_iou.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, f"{stem}_iou.png")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,8 @@ class VariantDef:
     hyp: str  # file in hyp/
     overrides: tuple[str, ...] = ()  # key=value hyperparameter overrides
     doc: str = ""
+    cfg: str = ""  # model YAML for this variant ('' = --cfg)
+    train_args: tuple[str, ...] = ()  # train.py flags of this variant (e.g. --multi-scale)
 
 
 VARIANTS: dict[str, VariantDef] = {
@@ -57,10 +59,19 @@ VARIANTS: dict[str, VariantDef] = {
     "focal-eiou": VariantDef("hyp.focal-eiou.yaml", doc="Focal-EIoU box loss (gamma 0.5), no TFL"),
     "tfl-focal-eiou": VariantDef("hyp.tfl-focal-eiou.yaml", doc="TFL + Focal-EIoU"),
     "eiou": VariantDef("hyp.scratch-low.yaml", ("box_loss=eiou",), doc="EIoU box loss, no TFL"),
+    "min-pos": VariantDef("hyp.scratch-low.yaml", ("assign_min_pos=3",),
+                          doc="YOLOv5 matching + 3 NWD-best anchors for ground truths no anchor matches"),
+    "nwd-assign": VariantDef("hyp.scratch-low.yaml", ("assign=nwd",), doc="NWD top-k assignment (Xu et al. 2022)"),
+    "paste": VariantDef("hyp.scratch-low.yaml", ("small_paste=0.5",), doc="small-object copy-paste in the mosaic"),
+    "p2": VariantDef("hyp.scratch-low.yaml", cfg="yolov5n-p2.yaml", doc="P2 head (stride 4)"),
+    "multiscale": VariantDef("hyp.scratch-low.yaml", train_args=("--multi-scale",),
+                             doc="multi-scale training (0.5-1.5 x imgsz per batch)"),
+    "tiny": VariantDef("hyp.tiny.yaml", doc="the recommended tiny-object recipe (hyp/hyp.tiny.yaml)"),
 }
 ALIASES = {"k": "tfl_k", "s": "tfl_s", "piecewise": "tfl_piecewise", "norm": "tfl_norm", "terms": "tfl_terms",
-           "gamma": "focal_eiou_gamma", "box": "box_loss"}
-SHORT = {v: k for k, v in ALIASES.items() if k not in ("box",)}  # display names in sweeps: tfl_k -> k
+           "gamma": "focal_eiou_gamma", "loss": "box_loss", "minpos": "assign_min_pos", "topk": "assign_topk",
+           "paste_p": "small_paste", "paste_n": "small_paste_n", "paste_area": "small_paste_area"}
+SHORT = {v: k for k, v in ALIASES.items()}  # display names in sweeps: tfl_k -> k
 # train.py flags the runner sets itself (passing them after -- would silently change what is compared)
 RESERVED = ("--hyp", "--hyp-set", "--seed", "--epochs", "--imgsz", "--img", "--img-size", "--batch-size", "--data",
             "--cfg", "--project", "--name", "--exist-ok", "--resume", "--device", "--workers")
@@ -78,6 +89,8 @@ class Variant:
     name: str  # display name, e.g. 'tfl[k=0.6]'
     hyp: str  # file in hyp/
     overrides: tuple[str, ...]  # full-key 'key=value' overrides on top of the file
+    cfg: str = ""  # model YAML ('' = the runner's --cfg)
+    train_args: tuple[str, ...] = ()  # train.py flags of this variant
 
     @property
     def slug(self) -> str:
@@ -117,7 +130,7 @@ def parse_variant(spec: str) -> Variant:
         raise CompareError(f"variant {spec!r}: overrides must be in brackets, e.g. tfl[k=0.6]")
     items = [_full_key(x, f"variant {spec!r}") for x in split_top(rest[:-1])] if rest else []
     d = VARIANTS[base]
-    return Variant(spec.strip(), d.hyp, d.overrides + tuple(f"{k}={v}" for k, v in items))
+    return Variant(spec.strip(), d.hyp, d.overrides + tuple(f"{k}={v}" for k, v in items), d.cfg, d.train_args)
 
 
 def resolve_hyp(v: Variant, common: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -156,7 +169,7 @@ def expand_sweeps(variants: list[Variant], sweeps: list[str], common: tuple[str,
             for val in vals:
                 inner = v.name[v.name.index("[") + 1:-1] + "," if "[" in v.name else ""
                 nv = Variant(f"{v.name.split('[')[0]}[{inner}{SHORT.get(key, key)}={val}]", v.hyp,
-                             v.overrides + (f"{key}={val}",))
+                             v.overrides + (f"{key}={val}",), v.cfg, v.train_args)
                 if resolve_hyp(nv, common) != hyp:
                     out.append(nv)
     names = [v.name for v in out]
@@ -174,18 +187,19 @@ def train_argv(args: argparse.Namespace, v: Variant, seed: int, run_dir: Path) -
     argv = ["--data", args.data, "--hyp", str(HYP_DIR / v.hyp), "--epochs", str(args.epochs), "--imgsz",
             str(args.imgsz), "--batch-size", str(args.batch_size), "--seed", str(seed), "--project",
             str(run_dir.parent), "--name", run_dir.name, "--exist-ok"]
-    argv += ["--cfg", args.cfg] if args.cfg else []
+    cfg = v.cfg or args.cfg
+    argv += ["--cfg", cfg] if cfg else []
     argv += ["--device", args.device] if args.device else []
     argv += ["--workers", str(args.workers)] if args.workers is not None else []
     overrides = [*args.hyp_set, *v.overrides]
-    return argv + (["--hyp-set", *overrides] if overrides else []) + list(args.extra)
+    return argv + (["--hyp-set", *overrides] if overrides else []) + list(v.train_args) + list(args.extra)
 
 
 def run_config(args: argparse.Namespace, v: Variant, seed: int) -> dict[str, Any]:
     """What a run's results depend on; a run folder holding another configuration is not reused."""
-    return {"variant": v.name, "seed": seed, "data": args.data, "cfg": args.cfg, "epochs": args.epochs,
+    return {"variant": v.name, "seed": seed, "data": args.data, "cfg": v.cfg or args.cfg, "epochs": args.epochs,
             "imgsz": args.imgsz, "batch_size": args.batch_size, "hyp": resolve_hyp(v, tuple(args.hyp_set)),
-            "extra": list(args.extra)}
+            "extra": [*v.train_args, *args.extra]}
 
 
 def run_state(run_dir: Path, config: dict[str, Any]) -> tuple[str, str]:
@@ -256,10 +270,26 @@ def coco_eval(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     return json.loads(out.read_text()).get("coco") or {}
 
 
+def split_eval(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """metrics.json of the run's last.pt on the ``--eval-task`` split (saved under ``run_dir/<task>``); cached. The
+    training run's own metrics.json (the val split) is used when ``--eval-task val``."""
+    if args.eval_task == "val":
+        return json.loads((run_dir / "metrics.json").read_text())
+    out = run_dir / args.eval_task / "metrics.json"
+    if not out.is_file():
+        import val  # late import: torch
+
+        val.run(args.data, weights=str(run_dir / "weights" / "last.pt"), batch_size=args.batch_size * 2,
+                imgsz=args.imgsz, task=args.eval_task, device=args.device or "",
+                workers=args.workers if args.workers is not None else 2, project=run_dir, name=args.eval_task,
+                exist_ok=True, plots=False)
+    return json.loads(out.read_text())
+
+
 def finish_record(args, v: Variant, seed: int, run_dir: Path, trained_now: bool) -> report.RunRecord:
-    """Read a finished run's metrics (and COCO stats with --coco) into a RunRecord."""
+    """Read a finished run's metrics on the ``--eval-task`` split (and COCO stats with --coco) into a RunRecord."""
     m = json.loads((run_dir / MARKER).read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = split_eval(args, run_dir)
     coco = coco_eval(args, run_dir) if args.coco else {}
     return report.RunRecord(v.name, seed, "done", str(run_dir), metrics, coco, float(m.get("wall_s", math.nan)),
                             trained_now)
@@ -357,6 +387,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="dataloader workers (train.py's default when unset)")
     p.add_argument("--device", default="", help="cuda device, i.e. 0, or cpu")
     p.add_argument("--hyp-set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every variant")
+    p.add_argument("--eval-task", default="val", choices=["val", "test"],
+                   help="split the report is computed on: 'test' evaluates each run's last.pt on the data YAML's "
+                        "test split (choose variants on val, report on test)")
     p.add_argument("--coco", action="store_true", help="also evaluate each run with pycocotools (AP_S/M/L)")
     p.add_argument("--out", default=str(ROOT / "runs/compare/exp"), help="output folder (resumed when it exists)")
     p.add_argument("--extra-args", default="", help="more train.py arguments as one string (or put them after --)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.tfl_plots import plot_tfl_curves  # noqa: E402
+from utils.plots import plot_tfl_curves  # noqa: E402
 
 
 def main() -> None:

@@ -78,6 +78,9 @@ def run_values(metrics: Mapping[str, Any], coco: Mapping[str, Any] | None = None
         out.update({f"{bucket}/{col}": _num(m.get(key)) for col, key in BUCKET_FIELDS})
     coco = coco or metrics.get("coco") or {}
     out.update({f"coco/{k}": _num(coco[k]) for k in COCO_KEYS if k in coco})
+    speed = metrics.get("speed_ms")
+    if isinstance(speed, Mapping) and "inference" in speed:  # the forward pass, ms per image: inference cost
+        out["speed/inference_ms"] = _num(speed["inference"])
     return out
 
 
@@ -272,13 +275,10 @@ def markdown(summary: Mapping[str, Mapping[str, Stat]], records: Sequence[RunRec
 def plot_buckets(summary: Mapping[str, Mapping[str, Stat]], buckets: Sequence[str]) -> bytes:
     """PNG bytes: grouped bars of mean recall (left) and precision (right) per size bucket and variant, error bars
     = std over seeds (none where n/a)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from utils.plots import new_figure, save_figure  # lazy: utils.plots imports torch, the statistics do not
 
     variants = list(summary)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2.2 * len(buckets) * max(len(variants), 1) / 2), 4.2))
+    fig, axes = new_figure((max(8.0, 2.2 * len(buckets) * max(len(variants), 1) / 2), 4.2), 1, 2)
     width = 0.8 / max(len(variants), 1)
     x = np.arange(len(buckets))
     for ax, col, title in zip(axes, ("recall", "precision"), ("Recall", "Precision")):
@@ -293,11 +293,7 @@ def plot_buckets(summary: Mapping[str, Mapping[str, Stat]], buckets: Sequence[st
         ax.set_ylabel(f"{title.lower()} (mean ± std over seeds)")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
+    return save_figure(fig, io.BytesIO()).getvalue()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from utils.torch_utils import fuse_conv_and_bn
+
 # YOLOv5 v7.0 BatchNorm settings (its initialize_weights sets them after construction; we set them at once).
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
@@ -48,8 +50,6 @@ class Conv(nn.Module):
 
     def fuse(self) -> Conv:
         """Fold the BatchNorm into the convolution (in place; eval-mode outputs unchanged) and switch the forward."""
-        from utils.torch_utils import fuse_conv_and_bn  # local import: utils.torch_utils does not import models
-
         if hasattr(self, "bn"):
             self.conv = fuse_conv_and_bn(self.conv, self.bn)
             del self.bn

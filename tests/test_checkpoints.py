@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from models.yolo import DetectionModel
-from tests.fixtures import randomise_weights
+from tests.helpers import randomise_weights
 from utils.atomic import (
     atomic_torch_save,
     atomic_write_bytes,

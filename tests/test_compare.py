@@ -14,7 +14,7 @@ from scipy.stats import ttest_rel
 
 import train
 from experiments import compare, report
-from tests.fixtures import tiny_dataset
+from tests.helpers import tiny_dataset
 from utils.checkpoints import load_checkpoint
 
 

@@ -12,28 +12,10 @@ import pytest
 import torch
 
 from detect import main, read_yolo_txt, run, yolo_txt_lines
-from models.yolo import DetectionModel
-from tests.fixtures import randomise_weights
+from tests.helpers import NAMES, make_image, make_model
 from utils.checkpoints import CheckpointError, save_checkpoint
 from utils.inference import Detector, load_backend
 from utils.nms import non_max_suppression
-
-NAMES = ["car", "person", "boat"]
-
-
-def make_model(seed: int = 0) -> DetectionModel:
-    """yolov5n, 3 classes, randomised weights and BatchNorm statistics; head biases raised so that a few boxes of
-    level 1 (anchor 1, class 1) and level 2 (anchor 0, class 0) pass conf 0.25 on any image."""
-    torch.manual_seed(seed)
-    model = randomise_weights(DetectionModel("yolov5n.yaml", nc=3), seed)
-    with torch.no_grad():
-        head = model.model[-1]
-        b1, b2 = head.m[1].bias.view(head.na, -1), head.m[2].bias.view(head.na, -1)
-        b1[1, 4] += 9.0
-        b1[1, 6] += 6.0
-        b2[0, 4] += 9.0
-        b2[0, 5] += 6.0
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +23,6 @@ def weights(tmp_path_factory) -> Path:
     f = tmp_path_factory.mktemp("w") / "tiny.pt"
     save_checkpoint(f, model=make_model(), epoch=0, best_fitness=None, hyp=None, opt={}, names=NAMES)
     return f
-
-
-def make_image(h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    im = np.full((h, w, 3), 90, np.uint8)
-    for _ in range(6):
-        x, y = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
-        s = int(rng.integers(6, 30))
-        im[y:y + s, x:x + s] = rng.integers(0, 255, 3)
-    return im
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import export
-from tests.test_detect import NAMES, make_image, make_model
+from tests.helpers import NAMES, make_image, make_model
 from utils.checkpoints import save_checkpoint
 from utils.inference import Detector, OnnxBackend, TorchBackend, load_backend
 

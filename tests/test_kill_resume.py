@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import tiny_dataset
+from tests.helpers import tiny_dataset
 from utils.checkpoints import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -266,3 +266,29 @@ def test_parity_with_reference(oracle, name, nc):
             assert t.shape == t_ref.shape and (t - t_ref).abs().max().item() < 1e-4
             f_ref, f = ref.fuse()(x)[0], ours.fuse()(x)[0]  # fused models
             assert (f - f_ref).abs().max().item() < 1e-4 and (f - p).abs().max().item() < 1e-4
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("size, n_params", [("n", 3_246_940), ("s", 12_626_620)])
+def test_p6_parity_with_reference(oracle, size, n_params):
+    """yolov5{n,s}6: the reference's state_dict loads strictly, same parameter count (value printed by the v7.0
+    reference), strides 8..64 and equal eval outputs on a 256 px input (4 levels: 32², 16², 8², 4² cells)."""
+    name = f"yolov5{size}6"
+    torch.manual_seed(0)
+    ref = oracle.yolo.Model(str(oracle.root / "models" / "hub" / f"{name}.yaml"))
+    torch.manual_seed(1)  # a different initialisation: equal outputs then come from the loaded weights
+    ours = Model(f"{name}.yaml")
+    assert _n_params(ours) == _n_params(ref) == n_params
+    assert ours.stride.tolist() == ref.stride.tolist() == [8.0, 16.0, 32.0, 64.0]
+    assert len(ours.model) == 34 and ours.model[-1].f == [23, 26, 29, 32]
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    torch.testing.assert_close(ours.model[-1].anchors[3, 2], torch.tensor([925 / 64, 792 / 64]))  # grid cells
+    ref.eval()
+    ours.eval()
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        (p_ref, raw_ref), (p, raw) = ref(x), ours(x)
+    assert p.shape == p_ref.shape == (1, 3 * (32**2 + 16**2 + 8**2 + 4**2), 85)
+    assert (p - p_ref).abs().max().item() <= 1e-4
+    for a, b in zip(raw_ref, raw, strict=True):
+        assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-4

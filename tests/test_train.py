@@ -11,7 +11,7 @@ import torch
 import yaml
 
 import train
-from tests.fixtures import tiny_dataset
+from tests.helpers import tiny_dataset
 from utils.checkpoints import load_checkpoint, load_model
 from utils.hyp import load_hyp
 

@@ -65,14 +65,6 @@ def xyxy2xywhn(x: Boxes, w: float = 640, h: float = 640, clip: bool = False, eps
     return y
 
 
-def xyn2xy(x: Boxes, w: float = 640, h: float = 640, padw: float = 0, padh: float = 0) -> Boxes:
-    """(N, 2) normalised points -> pixel points."""
-    y = _empty_like(x)
-    y[..., 0] = w * x[..., 0] + padw
-    y[..., 1] = h * x[..., 1] + padh
-    return y
-
-
 def clip_boxes(boxes: Boxes, shape: tuple[int, int]) -> Boxes:
     """Clip (..., 4) xyxy boxes in place to an image of ``shape`` = (height, width); returns them."""
     h, w = shape[0], shape[1]

@@ -43,7 +43,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from models import common, yolo
+from models.yolo import DetectionModel
 from utils.atomic import atomic_torch_save
+from utils.downloads import attempt_download_weights
+from utils.hyp import HypError, load_hyp
 
 LOGGER = logging.getLogger(__name__)
 FORMAT = "tinyfocal-v1"
@@ -73,8 +77,6 @@ def allowed_globals() -> list[Any]:
     YOLOv5 v7.0 model classes (ours, at the same module paths), the torch layers they contain, and numpy arrays
     and scalars (YOLOv5 stores ``best_fitness`` as a numpy array). Entries are classes or (class, pickled name)
     for names that differ from the class's own: ``models.yolo.Model`` (pre-v6.2 files) and numpy 1.x paths."""
-    from models import common, yolo  # late import: models imports utils
-
     try:
         multiarray = importlib.import_module("numpy._core.multiarray")  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
@@ -143,13 +145,15 @@ def _unsafe_message(path: Path, msg: str) -> str:
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely and return it in our format (see the module docstring).
 
-    Accepts our files and official YOLOv5 v7.0 ``.pt`` files (converted: ``'source': 'yolov5'``).
+    Accepts our files and official YOLOv5 v7.0 ``.pt`` files (converted: ``'source': 'yolov5'``). A missing
+    ``yolov5{n,s,m,l,x}{,6}.pt`` is fetched into the weights cache first (``utils.downloads``).
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` does not exist (and is not an official weights name).
+        DownloadError: an official weights file could not be downloaded (one line: what, from where, by hand).
         UnsafeCheckpointError: the file references a global outside :func:`allowed_globals`; nothing ran.
         CheckpointError: not a torch file, corrupt, or not a checkpoint (message names the file and why).
     """
-    path = Path(path)
+    path = attempt_download_weights(path)
     obj = _torch_load(path, map_location)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a checkpoint: expected a dict, got {type(obj).__name__}")
@@ -226,8 +230,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", fuse: bool 
     comes from the rebuilt architecture. ``fuse`` folds BatchNorm into convolutions (inference only).
     Raises the errors of :func:`load_checkpoint`, and CheckpointError when the weights do not fit the YAML.
     """
-    from models.yolo import DetectionModel  # late import: models imports utils
-
     ck = load_checkpoint(path)
     cfg = ck["model_yaml"]
     act = cfg.get("activation")
@@ -251,8 +253,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", fuse: bool 
 def _hyp_or_none(d: Any, path: Path) -> Any:
     if not isinstance(d, Mapping):
         return None
-    from utils.hyp import HypError, load_hyp
-
     try:
         return load_hyp(dict(d))
     except HypError as e:

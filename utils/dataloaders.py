@@ -21,7 +21,9 @@ from torch.utils.data import DataLoader, Dataset, distributed, get_worker_info
 
 from utils.augmentations import augment_hsv, letterbox, mixup, random_perspective
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
+from utils.copy_paste import POOL_IMAGES, paste_small_objects
 from utils.hyp import Hyp, hyp_from_model_or_dict
+from utils.ignore import fill_ignore, to_pixels
 from utils.labels import (
     ScanResult,
     cache_key,
@@ -47,7 +49,9 @@ class LoadImagesAndLabels(Dataset):
 
     Attributes (YOLOv5-compatible): ``im_files``, ``label_files``, ``labels`` (list of (n_i, 5) [cls, x, y, w, h]
     normalised), ``shapes`` (n, 2) (width, height) original pixels, ``n``, ``batch``, ``batch_shapes`` (rect),
-    ``counts`` (found/missing/empty/corrupt/total) and ``messages`` from the label scan.
+    ``counts`` (found/missing/empty/corrupt/total) and ``messages`` from the label scan. ``ignores[i]``: image
+    i's ignore areas (m, 4) [x1, y1, x2, y2] normalised, or None without any (utils/ignore.py); ``load_image``
+    fills them with the letterbox grey before any augmentation, and val.py drops detections centred in them.
     ``__getitem__`` -> (img (3, H, W) uint8 RGB tensor, labels (n, 6) [0, cls, x, y, w, h] normalised, path,
     shapes ``((h0, w0), ((h / h0, w / w0), (padw, padh)))`` for rescaling to original pixels, None for mosaics).
     """
@@ -76,6 +80,9 @@ class LoadImagesAndLabels(Dataset):
         self._report(scan, prefix, path)
 
         self.im_files, self.labels, self.shapes = scan.im_files, [lb.copy() for lb in scan.labels], scan.shapes
+        # None where an image has no ignore areas: the only per-item cost for datasets without ignore files
+        self.ignores: list[np.ndarray | None] = ([a if len(a) else None for a in scan.ignores]
+                                                 or [None] * len(scan.im_files))
         self.label_files = img2label_paths(self.im_files)
         if single_cls:
             for lb in self.labels:
@@ -119,6 +126,7 @@ class LoadImagesAndLabels(Dataset):
         self.im_files = [self.im_files[i] for i in order]
         self.label_files = [self.label_files[i] for i in order]
         self.labels = [self.labels[i] for i in order]
+        self.ignores = [self.ignores[i] for i in order]
         self.shapes, ar = self.shapes[order], ar[order]
         nb = int(self.batch[-1]) + 1
         shapes = np.ones((nb, 2))
@@ -152,7 +160,11 @@ class LoadImagesAndLabels(Dataset):
         return self.n
 
     def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-        """Image ``i`` resized so its long side is ``img_size`` -> (BGR image, (h0, w0) original, (h, w) resized)."""
+        """Image ``i`` resized so its long side is ``img_size`` -> (BGR image, (h0, w0) original, (h, w) resized).
+
+        Ignore areas are filled with grey 114 here, after the resize (every touched resized pixel, so no sliver
+        survives interpolation) and before any augmentation: mosaic, perspective, mixup and copy-paste see grey.
+        """
         if self.ims[i] is not None:
             return self.ims[i], self.im_hw0[i], self.im_hw[i]
         f = self.im_files[i]
@@ -164,11 +176,15 @@ class LoadImagesAndLabels(Dataset):
         if r != 1:
             interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
             im = cv2.resize(im, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
+        if self.ignores[i] is not None:
+            fill_ignore(im, to_pixels(self.ignores[i], im.shape[1], im.shape[0]))
         return im, (h0, w0), im.shape[:2]
 
     def load_mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """4-image mosaic around a random centre, then random_perspective down to (img_size, img_size).
 
+        With probability ``hyp.small_paste`` small objects are copied on the canvas before the perspective
+        (utils/copy_paste.py); when that is off no random number is drawn for it, so YOLOv5's sequence holds.
         Returns (image, (n, 5) [cls, x1, y1, x2, y2] input pixels).
         """
         s, hyp, rng = self.img_size, self.hyp, self.rng
@@ -176,7 +192,7 @@ class LoadImagesAndLabels(Dataset):
         indices = [index] + rng.choices(self.indices, k=3)
         rng.shuffle(indices)
         img4 = None
-        labels4 = []
+        labels4, rects = [], []  # rects: canvas x1y1x2y2 of each placed image (the content, not the border)
         for i, j in enumerate(indices):
             img, _, (h, w) = self.load_image(j)
             if img4 is None:
@@ -194,12 +210,19 @@ class LoadImagesAndLabels(Dataset):
                 x1a, y1a, x2a, y2a = xc, yc, min(xc + w, s * 2), min(s * 2, yc + h)
                 x1b, y1b, x2b, y2b = 0, 0, min(w, x2a - x1a), min(y2a - y1a, h)
             img4[y1a:y2a, x1a:x2a] = img[y1b:y2b, x1b:x2b]
+            rects.append((x1a, y1a, x2a, y2a))
             labels = self.labels[j].copy()
             if labels.size:
                 labels[:, 1:] = xywhn2xyxy(labels[:, 1:], w, h, x1a - x1b, y1a - y1b)
             labels4.append(labels)
         labels4 = np.concatenate(labels4, 0)
         np.clip(labels4[:, 1:], 0, 2 * s, out=labels4[:, 1:])
+        if hyp.small_paste > 0 and hyp.small_paste_n >= 1 and rng.random() < hyp.small_paste:
+            pool = [(self.load_image(j)[0], self.labels[j])  # resized as in a mosaic: canvas scale
+                    for j in (rng.choices(self.indices, k=POOL_IMAGES) if hyp.small_paste_pool else ())]
+            img4, labels4 = paste_small_objects(img4, labels4, rects, self.np_rng, n=int(hyp.small_paste_n),
+                                                max_area=hyp.small_paste_area, blend=hyp.small_paste_blend,
+                                                pool=pool)
         return random_perspective(img4, labels4, degrees=hyp.degrees, translate=hyp.translate, scale=hyp.scale,
                                   shear=hyp.shear, perspective=hyp.perspective, border=self.mosaic_border, rng=rng)
 

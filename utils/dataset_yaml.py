@@ -2,9 +2,17 @@
 
 A data YAML holds ``path`` (dataset root), ``train``, ``val``, optional ``test`` (each a folder, a ``.txt`` list of
 image paths, a glob, or a list of those, relative to ``path``), ``names`` (list or ``{id: name}``) and/or ``nc``,
-and an optional ``download``. Only two kinds of ``download`` are supported, never code execution:
+and an optional ``download``. Only these kinds of ``download`` are supported, never code execution:
 - an ``http(s)://...zip`` URL, fetched with urllib and unzipped into the dataset root's parent folder;
-- ``synthetic``: generate the embedded dataset with ``data/synthetic.py`` into ``path``.
+- ``synthetic`` or ``synthetic-aerial``: generate an embedded dataset with ``data/synthetic.py`` or
+  ``data/synthetic_aerial.py`` into ``path``, with the generator options of the YAML's ``synthetic:`` mapping;
+- a mapping ``{urls: [...], converter: NAME, options: {...}, source: DIR, manual: TEXT}``: a public benchmark in its
+  original format. The archives at ``urls`` are fetched into ``path/source`` (default ``source``; each file once,
+  through a temporary name), then the converter ``NAME`` registered in ``data/convert.py`` (``CONVERTERS``) converts
+  them into ``path`` with ``options``. Idempotent: the conversion's marker is checked on every call, so an
+  interrupted conversion is redone. Without ``urls`` (datasets behind a registration) the files are put into
+  ``path/source`` by hand and ``manual`` says from where. A dataset already converted whose source folder was
+  deleted is used as it is.
 
 A relative ``path`` is looked up beside the YAML, then in the current folder, then in the repository root (where
 YOLOv5 resolves it); when it exists nowhere it is created in the repository root for YAMLs inside the repository
@@ -14,6 +22,7 @@ and beside the YAML otherwise. The repository's ``datasets/`` folder is git-igno
 from __future__ import annotations
 
 import glob
+import importlib
 import shutil
 import tempfile
 import urllib.error
@@ -26,6 +35,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")
+GENERATORS = {"synthetic": "data.synthetic", "synthetic-aerial": "data.synthetic_aerial"}  # download: -> module
 
 
 class DatasetError(ValueError):
@@ -126,19 +136,86 @@ def download_zip(url: str, dest: Path, timeout: float = 60) -> None:
             Path(tmp.name).unlink(missing_ok=True)
 
 
-def _download(d: dict, root: Path, src: str, missing: list[str]) -> None:
-    how = str(d["download"]).strip()
-    if how == "synthetic":
-        from data.synthetic import generate
+def download_file(url: str, dest: Path, timeout: float = 60) -> None:
+    """Download ``url`` to the file ``dest`` through a temporary file in the same folder, renamed when complete."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent, delete=False) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                shutil.copyfileobj(r, tmp)
+            tmp.close()
+            Path(tmp.name).replace(dest)
+        finally:
+            Path(tmp.name).unlink(missing_ok=True)
 
+
+CONVERT_KEYS = ("urls", "converter", "options", "source", "manual")
+
+
+def _download_convert(spec: dict, d: dict, root: Path, src: str, missing: list[str]) -> None:
+    """The mapping form of ``download`` (module docstring): fetch the archives if needed, then convert (idempotent)."""
+    from data.convert import CONVERTERS, is_converted, read_marker  # lazy: data.convert imports this module
+
+    unknown = sorted(set(spec) - set(CONVERT_KEYS))
+    if unknown:
+        raise DatasetError(f"{src}: unknown key(s) {unknown} in 'download'; allowed: {', '.join(CONVERT_KEYS)}")
+    name, options = spec.get("converter"), spec.get("options") or {}
+    if name not in CONVERTERS:
+        raise DatasetError(f"{src}: download.converter must be one of {', '.join(CONVERTERS)}, got {name!r}")
+    urls = spec.get("urls") or []
+    urls = [urls] if isinstance(urls, str) else urls
+    if not isinstance(urls, list) or not all(isinstance(u, str) and u.startswith(("http://", "https://"))
+                                             for u in urls):
+        raise DatasetError(f"{src}: download.urls must be a list of http(s) URLs, got {spec.get('urls')!r}")
+    if not isinstance(options, dict):
+        raise DatasetError(f"{src}: download.options must be a mapping of converter options, got {options!r}")
+    source = root / str(spec.get("source") or "source")
+    manual = f" {spec['manual']}" if spec.get("manual") else ""
+    if not missing and not source.exists():
+        return  # converted before and the original files removed, or a dataset prepared by hand: used as it is
+    if is_converted(name, source, root, options):
+        names = read_marker(root)["names"]
+    else:
+        names = _fetch_and_convert(name, urls, source, root, options, src, manual)
+    if names != list(d["names"].values()):
+        raise DatasetError(f"{src}: 'names' {list(d['names'].values())} do not match the classes of converter "
+                           f"{name} with these options: {names}")
+
+
+def _fetch_and_convert(name: str, urls: list[str], source: Path, root: Path, options: dict, src: str,
+                       manual: str) -> list[str]:
+    """Fetch the archives at ``urls`` missing from ``source``, convert ``source`` into ``root``; the class names."""
+    from data.convert import convert  # lazy: data.convert imports this module
+
+    for url in urls:
+        f = source / Path(url.split("?", 1)[0]).name
+        if f.exists() or (source / f".{f.name}.extracted").exists():
+            continue
+        print(f"Downloading {url} to {source} ...")
+        try:
+            download_file(url, f)
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            raise DatasetError(f"{src}: dataset download failed: could not fetch {url} ({e}).{manual} Put the "
+                               f"original files into {source} and run again") from None
+    if not source.is_dir() or not any(source.iterdir()):
+        raise DatasetError(f"{src}: dataset not found: put the original {name} files into {source}.{manual}")
+    return convert(name, source, root, options)["names"]
+
+
+def _download(d: dict, root: Path, src: str, missing: list[str]) -> None:
+    if isinstance(d["download"], dict):
+        return _download_convert(d["download"], d, root, src, missing)
+    how = str(d["download"]).strip()
+    if how in GENERATORS:
+        generate = importlib.import_module(GENERATORS[how]).generate
         opts = d.get("synthetic") or {}
         if not isinstance(opts, dict):
             raise DatasetError(f"{src}: 'synthetic' must be a mapping of generator options, got {opts!r}")
         if missing:
-            print(f"Dataset not found, generating the synthetic dataset in {root} ...")
+            print(f"Dataset not found, generating the {how} dataset in {root} ...")
         try:
             generate(root, **opts)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:  # an unknown option, or a value out of range
             raise DatasetError(f"{src}: bad 'synthetic' generator options {opts}: {e}") from None
     elif how.startswith(("http://", "https://")) and how.endswith(".zip"):
         print(f"Dataset not found (missing {missing}), downloading {how} to {root.parent} ...")
@@ -149,8 +226,8 @@ def _download(d: dict, root: Path, src: str, missing: list[str]) -> None:
                 f"{src}: dataset download failed: could not reach {how} ({e}). Download it yourself and unzip it so "
                 f"that these paths exist: {missing} (dataset root {root})") from None
     else:
-        raise DatasetError(f"{src}: unsupported 'download' value {how[:80]!r}: only an http(s) URL to a .zip or "
-                           "'synthetic' are supported (scripts are never executed)")
+        raise DatasetError(f"{src}: unsupported 'download' value {how[:80]!r}: only an http(s) URL to a .zip, "
+                           "'synthetic' or 'synthetic-aerial' are supported (scripts are never executed)")
 
 
 def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict[str, Any]:
@@ -186,7 +263,9 @@ def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict[st
             raise DatasetError(f"{src}: '{k}' must be a path string or a list of them, got {v!r}")
     val = d["val"] if isinstance(d["val"], list) else [d["val"]]
     missing = [v for v in val if not source_exists(v)]
-    if autodownload and str(d.get("download", "")).strip() == "synthetic":
+    if autodownload and isinstance(d.get("download"), dict):
+        _download(d, root, src, missing)  # idempotent: converts only when the conversion marker differs
+    elif autodownload and str(d.get("download", "")).strip() in GENERATORS:
         _download(d, root, src, missing)  # idempotent: regenerates only when the generator parameters changed
     elif missing:
         if not d.get("download") or not autodownload:
@@ -200,4 +279,4 @@ def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict[st
     return d
 
 
-__all__ = ["DatasetError", "check_dataset", "download_zip", "source_exists", "ROOT"]
+__all__ = ["DatasetError", "check_dataset", "download_file", "download_zip", "source_exists", "ROOT"]

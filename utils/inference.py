@@ -21,6 +21,7 @@ import torch
 from utils.augmentations import letterbox
 from utils.boxes import scale_boxes
 from utils.checkpoints import CheckpointError, load_model
+from utils.downloads import attempt_download_weights
 from utils.nms import non_max_suppression
 from utils.slicing import sliced_detect, sliced_predictions
 from utils.sources import imread
@@ -135,14 +136,16 @@ class OnnxBackend(_Backend):
 def load_backend(weights: str | Path, device: str | torch.device = "", half: bool = False, fuse: bool = True,
                  threads: int | None = None) -> TorchBackend | OnnxBackend:
     """The inference backend for ``weights``: ``.onnx`` -> ONNX Runtime, otherwise a PyTorch checkpoint (ours or
-    official YOLOv5 v7.0), fused for inference when ``fuse``. ``threads``: ONNX Runtime intra-op threads, without
-    busy-waiting (None: its defaults; PyTorch uses ``torch.set_num_threads``).
+    official YOLOv5 v7.0; ``yolov5s.pt`` etc. are downloaded when absent, see utils.downloads), fused for inference
+    when ``fuse``. ``threads``: ONNX Runtime intra-op threads, without busy-waiting (None: its defaults; PyTorch
+    uses ``torch.set_num_threads``).
 
     Raises:
         FileNotFoundError: ``weights`` does not exist.
+        DownloadError: an official weights name could not be downloaded (see utils.downloads).
         CheckpointError: the file is not a model (message names the file and why).
     """
-    path = Path(weights)
+    path = attempt_download_weights(weights)
     if not path.exists():
         raise FileNotFoundError(f"weights not found: {path}")
     if path.is_dir():

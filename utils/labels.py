@@ -14,6 +14,8 @@ Decisions (documented here once):
 - Duplicate rows are removed and counted in a warning; the pair is kept.
 - A JPEG without its end-of-image marker is fully decoded: kept with a warning if that works, else corrupt.
   Files are never rewritten (YOLOv5 re-saves them; we do not touch user data).
+- An optional ignore-area file ``NAME.ignore.txt`` beside ``NAME.txt`` (utils/ignore.py) is read with the labels and
+  kept in the cache; a malformed one makes the pair corrupt, like a bad label row.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from utils.ignore import IgnoreFileError, ignore_file_for, load_ignore
+
 IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm")
 VID_FORMATS = ("asf", "avi", "gif", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg", "ts", "wmv")
 COORD_TOL = 1e-3  # normalised coordinates in [-tol, 1 + tol] are clipped to [0, 1]; beyond is an error
@@ -43,7 +47,8 @@ _EXIF_ORIENTATION = 0x0112
 class LabelResult:
     """Outcome of verifying one image/label pair.
 
-    ``labels`` (n, 5) float32 rows ``[cls, x, y, w, h]`` normalised; ``shape`` (width, height) in original pixels
+    ``labels`` (n, 5) float32 rows ``[cls, x, y, w, h]`` normalised; ``ignore`` (m, 4) float32 ignore areas
+    ``[x1, y1, x2, y2]`` normalised (m = 0 without an ignore file); ``shape`` (width, height) in original pixels
     after EXIF rotation, None when the image is unusable. Counts are 0/1 flags summed over a dataset:
     ``found`` label file present, ``missing`` label file absent, ``empty`` present but without rows,
     ``corrupt`` pair rejected (then ``labels`` is empty and ``ok`` False). ``messages`` name the file (and row).
@@ -53,6 +58,7 @@ class LabelResult:
     lb_file: str
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), np.float32))
     shape: tuple[int, int] | None = None
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     found: int = 0
     missing: int = 0
     empty: int = 0
@@ -228,8 +234,14 @@ def verify_image_label(im_file: str, lb_file: str, nc: int | None = None) -> Lab
             res.empty = int(len(res.labels) == 0)
         else:
             res.missing = 1
-    except LabelError as e:
+        ign_file = ignore_file_for(lb_file)
+        try:
+            res.ignore = load_ignore(ign_file)  # (0, 4) when there is no ignore file
+        except UnicodeDecodeError:
+            raise LabelError(f"{ign_file}: not a text file (cannot decode as UTF-8)") from None
+    except (LabelError, IgnoreFileError) as e:
         res.corrupt, res.shape, res.labels = 1, None, np.zeros((0, 5), np.float32)
+        res.ignore = np.zeros((0, 4), np.float32)
         res.messages.append(f"ignoring corrupt image/label: {e}")
     except OSError as e:  # unreadable label file (permissions, a folder, ...)
         res.corrupt, res.shape, res.labels = 1, None, np.zeros((0, 5), np.float32)
@@ -240,7 +252,7 @@ def verify_image_label(im_file: str, lb_file: str, nc: int | None = None) -> Lab
 
 
 # --- a whole dataset: parallel scan and the label cache -------------------------------------------------------------
-CACHE_VERSION = 1  # bump when the cache layout or the verification rules change
+CACHE_VERSION = 2  # 2: ignore areas. Bump when the cache layout or the verification rules change
 
 
 @dataclass
@@ -248,7 +260,9 @@ class ScanResult:
     """Verified labels of a dataset: only the usable images are listed (corrupt ones are skipped).
 
     ``labels[i]`` (n_i, 5) [cls, x, y, w, h] normalised for ``im_files[i]``; ``shapes`` (n, 2) int (width, height)
-    original pixels; ``counts`` found/missing/empty/corrupt/total; ``messages`` one line per problem.
+    original pixels; ``counts`` found/missing/empty/corrupt/total; ``messages`` one line per problem;
+    ``ignores[i]`` (m_i, 4) [x1, y1, x2, y2] normalised ignore areas (m_i = 0 for most images; an empty list
+    means none anywhere).
     """
 
     im_files: list[str]
@@ -256,10 +270,13 @@ class ScanResult:
     shapes: np.ndarray
     counts: dict[str, int]
     messages: list[str]
+    ignores: list[np.ndarray] = field(default_factory=list)
 
 
 def cache_key(im_files: list[str], label_files: list[str], nc: int | None) -> str:
-    """sha256 over every image/label path with its size and mtime, the class count and the cache version."""
+    """sha256 over every image/label path with its size and mtime, the class count and the cache version; an
+    ignore-area file (``ignore_file_for``) enters only when present, so adding, changing or removing one
+    invalidates the cache."""
     h = hashlib.sha256(f"v{CACHE_VERSION} nc={nc}\n".encode())
     for f in (*im_files, *label_files):
         try:
@@ -267,6 +284,12 @@ def cache_key(im_files: list[str], label_files: list[str], nc: int | None) -> st
             h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
             h.update(f"{f}\0missing\n".encode())
+    for lb in label_files:
+        try:
+            st = os.stat(ignore_file_for(lb))
+            h.update(f"{lb}\0ignore\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:  # no ignore file: the usual case, adds nothing
+            pass
     return h.hexdigest()
 
 
@@ -274,7 +297,7 @@ def scan_labels(im_files: list[str], label_files: list[str], nc: int | None = No
                 desc: str = "Scanning") -> ScanResult:
     """Verify every image/label pair in parallel (a thread pool: PIL decodes without the GIL) with a tqdm bar."""
     counts = dict(found=0, missing=0, empty=0, corrupt=0, total=len(im_files))
-    kept, labels, shapes, msgs = [], [], [], []
+    kept, labels, shapes, msgs, ignores = [], [], [], [], []
     nw = max(1, min(workers, os.cpu_count() or 1, len(im_files)))
     with ThreadPool(nw) as pool:
         results = pool.imap(lambda a: verify_image_label(a[0], a[1], nc), zip(im_files, label_files), chunksize=8)
@@ -287,18 +310,22 @@ def scan_labels(im_files: list[str], label_files: list[str], nc: int | None = No
                 kept.append(r.im_file)
                 labels.append(r.labels)
                 shapes.append(r.shape)
+                ignores.append(r.ignore)
             bar.set_postfix_str(f"{counts['found']} labelled, {counts['missing'] + counts['empty']} backgrounds, "
                                 f"{counts['corrupt']} corrupt", refresh=False)
-    return ScanResult(kept, labels, np.array(shapes, dtype=np.int64).reshape(-1, 2), counts, msgs)
+    return ScanResult(kept, labels, np.array(shapes, dtype=np.int64).reshape(-1, 2), counts, msgs, ignores)
 
 
 def save_label_cache(path: Path, key: str, scan: ScanResult) -> bool:
     """Write the cache atomically (temp file + os.replace) as a pickle-free .npz; False when not writeable."""
     n_per = np.array([len(lb) for lb in scan.labels], dtype=np.int64)
+    ignores = scan.ignores or [np.zeros((0, 4), np.float32)] * len(scan.labels)
     arrays = dict(version=np.array(CACHE_VERSION), key=np.array(key), im_files=np.array(scan.im_files, dtype=str),
                   n_per=n_per, shapes=scan.shapes, messages=np.array(scan.messages, dtype=str),
                   labels=np.concatenate(scan.labels, 0) if scan.labels else np.zeros((0, 5), np.float32),
-                  counts=np.array([scan.counts[k] for k in ("found", "missing", "empty", "corrupt", "total")]))
+                  counts=np.array([scan.counts[k] for k in ("found", "missing", "empty", "corrupt", "total")]),
+                  n_ign=np.array([len(a) for a in ignores], dtype=np.int64),
+                  ignores=np.concatenate(ignores, 0) if ignores else np.zeros((0, 4), np.float32))
     try:
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
             np.savez(f, **arrays)
@@ -319,8 +346,13 @@ def load_label_cache(path: Path, key: str) -> ScanResult | None:
             n_per, labels = z["n_per"], z["labels"].astype(np.float32)
             split = np.split(labels, np.cumsum(n_per)[:-1]) if len(n_per) else []
             counts = dict(zip(("found", "missing", "empty", "corrupt", "total"), (int(c) for c in z["counts"])))
+            n_ign, ign = z["n_ign"], z["ignores"].astype(np.float32).reshape(-1, 4)
+            ignores = np.split(ign, np.cumsum(n_ign)[:-1]) if len(n_ign) else []
+            if len(ignores) != len(split):
+                return None
             return ScanResult([str(f) for f in z["im_files"]], [s.reshape(-1, 5) for s in split],
-                              z["shapes"].astype(np.int64).reshape(-1, 2), counts, [str(m) for m in z["messages"]])
+                              z["shapes"].astype(np.int64).reshape(-1, 2), counts, [str(m) for m in z["messages"]],
+                              ignores)
     except Exception:  # missing, truncated, not an npz, wrong keys: rebuild
         return None
 

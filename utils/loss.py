@@ -3,7 +3,8 @@
 With ``tfl`` off and ``box_loss: ciou`` the numbers equal YOLOv5 v7.0's ComputeLoss. The composition:
 
 - targets are matched to anchors and grid cells by ``build_targets`` (anchor side ratio < ``anchor_t``, plus the
-  two nearest neighbour cells), which also records which ground truth each match came from;
+  two nearest neighbour cells), which also records which ground truth each match came from; ``assign: nwd`` and
+  ``assign_min_pos`` (utils/assign.py) change which anchors a ground truth matches, for tiny objects;
 - the box term is, per level, ``sum(t_i * f_i * L_i) / sum(f_i)`` over the matches, with ``L`` the chosen box loss
   (utils/box_losses.py), ``f`` its own per-box weight (Focal-EIoU's IoU^gamma; 1 for the others) and ``t`` the TFL
   weight of the match's ground truth (1 when TFL is off). Both reweightings therefore multiply;
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.assign import nwd_anchor_scores, ratio_match, starved_pairs, topk_pairs
 from utils.box_losses import get_box_loss
 from utils.boxes import xywh2xyxy
 from utils.hyp import Hyp, hyp_from_model_or_dict
@@ -165,20 +167,30 @@ class ComputeLoss:
         column), ``cell`` (their flat index into (bs, na, ny, nx)), ``t`` (index of the ground truth in
         ``targets``), ``cls``, ``tbox`` (n, 4) xywh in grid cells relative to the cell corner, ``anchors``
         (n, 2) in grid cells, and ``w`` (n,): ``weights`` (nt,) of the matched ground truths, or None.
+
+        Which (level, anchor) pairs a ground truth matches (utils/assign.py): ``assign: ratio`` is YOLOv5's side
+        ratio < ``anchor_t``; ``assign: nwd`` the ``assign_topk`` pairs of highest NWD. Each matched pair gives the
+        ground truth's own cell and its two nearest neighbours, anchor-major. With ``assign_min_pos: k`` (ratio) a
+        ground truth matched nowhere gets its k best pairs by NWD, own cell only, appended after those.
         """
         if weights is not None:  # carried as a 7th column: one gather per level serves all the columns
             targets = torch.cat((targets, weights[:, None].to(targets.dtype)), 1)
+        h = self.hyp
         nt, na, dev = targets.shape[0], self.na, targets.device
         anchor_idx = torch.arange(na, device=dev).view(na, 1).expand(na, nt)
         target_idx = torch.arange(nt, device=dev).view(1, nt).expand(na, nt)
         offsets = _CELL_OFFSETS.to(dev)
+        grids = [torch.tensor([pi.shape[3], pi.shape[2]], device=dev, dtype=targets.dtype) for pi in preds]  # nx, ny
+        if h.assign == "ratio":
+            matches = [ratio_match(targets[:, 4:6] * g, self.anchors[i], h.anchor_t) for i, g in enumerate(grids)]
+            extra = self._starved_pairs(targets, grids, matches) if h.assign_min_pos else None
+        else:
+            matches, extra = topk_pairs(self._nwd_scores(targets, grids), int(h.assign_topk)), None
         levels = []
         for i, pi in enumerate(preds):
             ny, nx = pi.shape[2:4]
-            grid = torch.tensor([nx, ny], device=dev, dtype=targets.dtype)
-            gwh_all = targets[:, 4:6] * grid  # (nt, 2) grid cells
-            ratio = gwh_all[None] / self.anchors[i][:, None]  # (na, nt, 2)
-            match = torch.max(ratio, 1 / ratio).max(2).values < self.hyp.anchor_t
+            grid = grids[i]
+            match = matches[i]  # (na, nt) bool
             a, t = anchor_idx[match], target_idx[match]  # anchor-major, as YOLOv5 orders them
             gxy = targets[t, 2:4] * grid
             inv = grid - gxy
@@ -187,6 +199,11 @@ class ComputeLoss:
             a, t = a.expand(5, -1)[near], t.expand(5, -1)[near]
             gxy = gxy.expand(5, -1, -1)[near]
             gij = (gxy - offsets[:, None].expand(-1, near.shape[1], -1)[near]).long()
+            if extra is not None:  # the starved ground truths' pairs: own cell only, after the normal matches
+                ax, tx = anchor_idx[extra[i]], target_idx[extra[i]]
+                gxy_x = targets[tx, 2:4] * grid
+                a, t = torch.cat((a, ax)), torch.cat((t, tx))
+                gxy, gij = torch.cat((gxy, gxy_x)), torch.cat((gij, gxy_x.long()))
             gi, gj = gij[:, 0].clamp_(0, nx - 1), gij[:, 1].clamp_(0, ny - 1)
             tt = targets[t]  # (n, 6 or 7) the matched ground truths
             b = tt[:, 0].long()
@@ -195,3 +212,13 @@ class ComputeLoss:
                            "cls": tt[:, 1].long(), "tbox": torch.cat((gxy - gij, tt[:, 4:6] * grid), 1),
                            "anchors": self.anchors[i][a], "w": tt[:, 6] if weights is not None else None})
         return levels
+
+    def _nwd_scores(self, targets: torch.Tensor, grids: list[torch.Tensor]) -> torch.Tensor:
+        """(nl, na, nt) NWD of every ground truth to every anchor centred in its own cell, C = ``nwd_c`` input px."""
+        return torch.stack([nwd_anchor_scores(targets[:, 2:4] * g, targets[:, 4:6] * g, self.anchors[i], g,
+                                              self.hyp.nwd_c / self.strides[i]) for i, g in enumerate(grids)])
+
+    def _starved_pairs(self, targets: torch.Tensor, grids: list[torch.Tensor],
+                       matches: list[torch.Tensor]) -> torch.Tensor:
+        """(nl, na, nt) the ``assign_min_pos`` best pairs by NWD of the ground truths no ratio match reached."""
+        return starved_pairs(torch.stack(matches), self._nwd_scores(targets, grids), int(self.hyp.assign_min_pos))

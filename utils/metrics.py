@@ -13,7 +13,6 @@ background in every image, also in images where no detection matched (v7.0 skipp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -120,18 +119,6 @@ class PRCurves:
         fp = (tp / (p + self.eps) - tp).round()
         return tp.astype(int), fp.astype(int), p, r, f1, self.ap, self.classes
 
-    def plot(self, save_dir: str | Path = ".", names: dict[int, str] | None = None, prefix: str = "") -> None:
-        """Save ``{prefix}PR_curve.png`` and F1/P/R-confidence curves into ``save_dir``."""
-        from utils.metric_plots import plot_mc_curve, plot_pr_curve
-
-        names = names or {}
-        labels = [str(names.get(int(c), int(c))) for c in self.classes]
-        d = Path(save_dir)
-        plot_pr_curve(self.px, self.pr, self.ap, d / f"{prefix}PR_curve.png", labels)
-        plot_mc_curve(self.px, self.f1, d / f"{prefix}F1_curve.png", labels, ylabel="F1")
-        plot_mc_curve(self.px, self.p, d / f"{prefix}P_curve.png", labels, ylabel="Precision")
-        plot_mc_curve(self.px, self.r, d / f"{prefix}R_curve.png", labels, ylabel="Recall")
-
 
 def pr_curves(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray,
               eps: float = 1e-16) -> PRCurves:
@@ -172,18 +159,13 @@ def pr_curves(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls
     return PRCurves(px, p, r, ap, pr, classes.astype(int), n_gt, eps)
 
 
-def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray, plot: bool = False,
-                 save_dir: str | Path = ".", names: dict[int, str] | None = None, eps: float = 1e-16,
-                 prefix: str = "") -> tuple[np.ndarray, ...]:
-    """YOLOv5 v7.0 ``ap_per_class``: -> (tp, fp, p, r, f1, ap, classes), see ``pr_curves`` and ``PRCurves.summary``.
-
-    P, R, F1 (nc,) are read at the confidence where the class-mean F1, smoothed, peaks; ap is (nc, T).
-    With ``plot`` the PR and F1/P/R-confidence curves are saved in ``save_dir``.
+def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray, *,
+                 eps: float = 1e-16) -> tuple[np.ndarray, ...]:
+    """YOLOv5 v7.0 ``ap_per_class`` without its plotting arguments: -> (tp, fp, p, r, f1, ap, classes), see
+    ``pr_curves`` and ``PRCurves.summary``. P, R, F1 (nc,) are read at the confidence where the class-mean F1,
+    smoothed, peaks; ap is (nc, T). Figures: ``utils.plots.plot_metric_curves(pr_curves(...))``.
     """
-    curves = pr_curves(tp, conf, pred_cls, target_cls, eps)
-    if plot:
-        curves.plot(save_dir, names, prefix)
-    return curves.summary()
+    return pr_curves(tp, conf, pred_cls, target_cls, eps).summary()
 
 
 def mean_results(p: np.ndarray, r: np.ndarray, ap: np.ndarray) -> tuple[float, float, float, float]:
@@ -270,10 +252,3 @@ class ConfusionMatrix:
         """Per-class (nc,) true positives (diagonal) and false positives (row sum minus diagonal)."""
         tp = self.matrix.diagonal()
         return tp[:-1], (self.matrix.sum(1) - tp)[:-1]
-
-    def plot(self, normalize: bool = True, save_dir: str | Path = "", names: list[str] | dict | tuple = ()) -> Path:
-        """Save ``confusion_matrix.png`` (columns normalised to sum 1 with ``normalize``) in ``save_dir``."""
-        from utils.metric_plots import plot_confusion_matrix
-
-        names = list(names.values()) if isinstance(names, dict) else list(names)
-        return plot_confusion_matrix(self.matrix, Path(save_dir) / "confusion_matrix.png", names, normalize)

@@ -1,20 +1,36 @@
-"""Plots: a batch mosaic with boxes (``plot_images``), label statistics (``plot_labels``), training curves
-(``plot_results``). Matplotlib figures are drawn with the Agg canvas directly (no pyplot, no global backend
-change); boxes are drawn with OpenCV.
+"""Every figure of the project: batch mosaics (``plot_images``), label statistics (``plot_labels``), training
+curves (``plot_results``), validation curves and the confusion matrix (``plot_metric_curves``,
+``plot_confusion_matrix``), and the Tiny Focal Loss weight (``plot_tfl_curves``, ``plot_tfl_auto``).
+
+Each figure is a matplotlib ``Figure`` on its own Agg canvas (``new_figure``), written by ``save_figure`` at one
+resolution (``DPI``): no pyplot, so no global figure registry and no backend switch; importing or calling this
+module leaves the caller's matplotlib configuration as it was, and figures may be drawn from threads. Boxes on
+images are drawn with OpenCV. The numbers come from elsewhere (utils/metrics.py, utils/tfl.py): nothing here
+computes a metric.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from utils.boxes import xywh2xyxy
+from utils.hyp import Hyp
+from utils.metrics import PRCurves, smooth
+from utils.tfl import tfl_weights
+
+DPI = 150  # every saved figure; a 9 x 6 in curve is 1350 x 900 px
+MAX_LEGEND_CLASSES = 20  # above this, per-class curves are drawn grey without a legend
 
 # 20 distinct colours (RGB), cycled by class id
 PALETTE = ((255, 56, 56), (255, 157, 151), (255, 112, 31), (255, 178, 29), (207, 210, 49), (72, 249, 10),
@@ -26,6 +42,26 @@ PALETTE = ((255, 56, 56), (255, 157, 151), (255, 112, 31), (255, 178, 29), (207,
 def color(i: int) -> tuple[int, int, int]:
     """RGB colour of class ``i``."""
     return PALETTE[int(i) % len(PALETTE)]
+
+
+def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **subplots_kw) -> tuple[Figure, Any]:
+    """A ``Figure`` (size in inches, tight layout) on its own Agg canvas, and its axes as ``Figure.subplots``
+    returns them (one Axes for 1 x 1, else an array)."""
+    fig = Figure(figsize=figsize, tight_layout=True)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **subplots_kw)
+
+
+def save_figure(fig: Figure, dest: str | Path | BinaryIO) -> Path | BinaryIO:
+    """Write ``fig`` at ``DPI`` to a file (format from the suffix, parent folders created) or, as PNG, to a binary
+    stream. Returns ``dest`` (a Path for file names)."""
+    if isinstance(dest, str | Path):
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(dest, dpi=DPI)
+    else:
+        fig.savefig(dest, format="png", dpi=DPI)
+    return dest
 
 
 def _numpy(x) -> np.ndarray:
@@ -113,8 +149,8 @@ def plot_labels(labels: np.ndarray, names: dict | list, save_dir: str | Path = "
     else:
         wh = lb[:, 3:5] * imgsz
     area = wh.prod(1)
-    fig = Figure(figsize=(10, 8), tight_layout=True)
-    ax = fig.subplots(2, 2).ravel()
+    fig, ax = new_figure((10, 8), 2, 2)
+    ax = ax.ravel()
     counts = np.bincount(lb[:, 0].astype(int), minlength=nc)
     ax[0].bar(range(nc), counts, color=[np.array(color(i)) / 255 for i in range(nc)])
     ax[0].set_xticks(range(nc), [names.get(i, str(i)) for i in range(nc)], rotation=90 if nc > 10 else 0,
@@ -139,10 +175,7 @@ def plot_labels(labels: np.ndarray, names: dict | list, save_dir: str | Path = "
     ax[3].set_ylabel("y centre")
     ax[3].set_xlim(0, 1)
     ax[3].set_ylim(1, 0)
-    f = Path(save_dir) / "labels.jpg"
-    f.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(f, dpi=100)
-    return f
+    return save_figure(fig, Path(save_dir) / "labels.jpg")
 
 
 def plot_results(csv_file: str | Path = "results.csv", out: str | Path | None = None) -> Path:
@@ -169,16 +202,135 @@ def plot_results(csv_file: str | Path = "results.csv", out: str | Path | None = 
     n = max(len(cols), 1)
     nx = min(5, n)
     ny = math.ceil(n / nx)
-    fig = Figure(figsize=(3 * nx, 2.6 * ny), tight_layout=True)
-    axes = np.atleast_1d(fig.subplots(ny, nx, squeeze=False).ravel())
+    fig, axes = new_figure((3 * nx, 2.6 * ny), ny, nx, squeeze=False)
+    axes = axes.ravel()
     for ax, i in zip(axes, cols):
         ax.plot(x, values[:, i], marker=".", lw=1.5, ms=5)
         ax.set_title(header[i], fontsize=10)
     for ax in axes[len(cols):]:
         ax.axis("off")
-    out = Path(out) if out else csv_file.with_name("results.png")
-    fig.savefig(out, dpi=100)
-    return out
+    return save_figure(fig, Path(out) if out else csv_file.with_name("results.png"))
 
 
-__all__ = ["plot_images", "plot_labels", "plot_results", "color", "PALETTE"]
+def plot_pr_curve(px: np.ndarray, pr: np.ndarray, ap: np.ndarray, path: str | Path,
+                  names: Sequence[str] = ()) -> Path:
+    """Precision-recall curves at IoU 0.5. px: (K,) recall grid in [0, 1]; pr: (nc, K) precision per class;
+    ap: (nc, T) AP per IoU threshold (column 0 is written in the legend)."""
+    fig, ax = new_figure((9, 6))
+    if 0 < len(names) <= MAX_LEGEND_CLASSES:
+        for i, y in enumerate(pr):
+            ax.plot(px, y, linewidth=1, label=f"{names[i]} {ap[i, 0]:.3f}")
+    elif len(pr):
+        ax.plot(px, pr.T, linewidth=1, color="grey")
+    if len(pr):
+        ax.plot(px, pr.mean(0), linewidth=3, color="blue", label=f"all classes {ap[:, 0].mean():.3f} mAP@0.5")
+        ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
+    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1), title="Precision-Recall Curve")
+    return save_figure(fig, path)
+
+
+def plot_mc_curve(px: np.ndarray, y: np.ndarray, path: str | Path, names: Sequence[str] = (),
+                  xlabel: str = "Confidence", ylabel: str = "Metric") -> Path:
+    """Metric-confidence curves. px: (K,) confidence grid in [0, 1]; y: (nc, K) metric per class; the class mean,
+    smoothed (box filter, fraction 0.05), is drawn thick with its maximum in the legend."""
+    fig, ax = new_figure((9, 6))
+    if 0 < len(names) <= MAX_LEGEND_CLASSES:
+        for i, yi in enumerate(y):
+            ax.plot(px, yi, linewidth=1, label=str(names[i]))
+    elif len(y):
+        ax.plot(px, y.T, linewidth=1, color="grey")
+    if len(y):
+        ym = smooth(y.mean(0), 0.05)
+        ax.plot(px, ym, linewidth=3, color="blue", label=f"all classes {ym.max():.2f} at {px[ym.argmax()]:.3f}")
+        ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
+    ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1), title=f"{ylabel}-Confidence Curve")
+    return save_figure(fig, path)
+
+
+def plot_metric_curves(curves: PRCurves, save_dir: str | Path = ".", names: dict[int, str] | None = None,
+                       prefix: str = "") -> list[Path]:
+    """Save ``{prefix}PR_curve.png`` and the F1/P/R-confidence curves of ``curves`` (utils.metrics.pr_curves)
+    into ``save_dir``; ``names`` maps class ids to names. Returns the four paths."""
+    names = names or {}
+    labels = [str(names.get(int(c), int(c))) for c in curves.classes]
+    d = Path(save_dir)
+    return [plot_pr_curve(curves.px, curves.pr, curves.ap, d / f"{prefix}PR_curve.png", labels),
+            plot_mc_curve(curves.px, curves.f1, d / f"{prefix}F1_curve.png", labels, ylabel="F1"),
+            plot_mc_curve(curves.px, curves.p, d / f"{prefix}P_curve.png", labels, ylabel="Precision"),
+            plot_mc_curve(curves.px, curves.r, d / f"{prefix}R_curve.png", labels, ylabel="Recall")]
+
+
+def plot_confusion_matrix(matrix: np.ndarray, path: str | Path, names: Sequence[str] = (),
+                          normalize: bool = True) -> Path:
+    """Heatmap of a (nc + 1, nc + 1) confusion matrix (``ConfusionMatrix.matrix``: rows predicted, columns true,
+    last = background). With ``normalize`` each column is divided by its sum. Cells < 0.005 are left blank; values
+    are written in the cells when nc < 30; class names label the axes when there are fewer than 99, one per class.
+    """
+    nc = matrix.shape[0] - 1
+    array = matrix / ((matrix.sum(0, keepdims=True) + 1e-9) if normalize else 1)
+    array = np.where(array < 0.005, np.nan, array)
+    vmax = np.nanmax(array) if np.isfinite(array).any() else 1.0  # all blank: any scale
+    fig, ax = new_figure((12, 9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # all-NaN matrix
+        im = ax.imshow(array, cmap="Blues", vmin=0.0, vmax=vmax)
+    fig.colorbar(im, ax=ax)
+    if 0 < len(names) < 99 and len(names) == nc:
+        ticks = [*map(str, names), "background"]
+        ax.set_xticks(range(nc + 1), ticks, rotation=90, fontsize=8)
+        ax.set_yticks(range(nc + 1), ticks, fontsize=8)
+    if nc < 30:
+        for (i, j), v in np.ndenumerate(array):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if v > 0.5 * vmax else "black")
+    ax.set(xlabel="True", ylabel="Predicted", title="Confusion Matrix")
+    return save_figure(fig, path)
+
+
+def _tfl_curve(areas_px2: np.ndarray, k: float, s: float, piecewise: bool) -> np.ndarray:
+    """TFL weight at each area (input px^2), for a square target of that area."""
+    side = torch.from_numpy(np.sqrt(areas_px2)).float()
+    return tfl_weights(torch.stack((side, side), 1), k, s, piecewise).numpy()
+
+
+def plot_tfl_curves(save_path: str | Path, ks: tuple[float, ...] = (0.6, 1.0, 1.6, 3.0, 6.0), s: float = 1024.0,
+                    max_area: float | None = None) -> Path:
+    """TFL weight vs object area (input px^2, 0 to ``max_area`` or 4 S) for several k, continuous (left) and
+    piecewise (right), like the paper's figures; returns the PNG path."""
+    areas = np.linspace(0, max_area or 4 * s, 400)
+    fig, axes = new_figure((10, 4), 1, 2, sharey=True)
+    for ax, piecewise in zip(axes, (False, True)):
+        for k in ks:
+            ax.plot(areas, _tfl_curve(areas, k, s, piecewise), label=f"k = {k:g}")
+        ax.axvline(s, color="grey", ls="--", lw=1, label=f"S = {s:g} px²")
+        ax.set(title=f"TFL weight, {'piecewise' if piecewise else 'continuous'}", xlabel="object area w·h (px²)",
+               ylim=(0.95, 2.05))
+        ax.legend()
+    axes[0].set_ylabel("weight w = exp(-k·wh/S) + 1")
+    return save_figure(fig, save_path)
+
+
+def plot_tfl_auto(areas_px2: np.ndarray, hyp: Hyp, save_path: str | Path) -> Path:
+    """``--tfl auto``: histogram of the training objects' areas (input px^2, log scale) with the weight curve of
+    ``hyp`` (tfl_k, tfl_s, tfl_piecewise) over it; returns the PNG path."""
+    areas = np.asarray(areas_px2, dtype=float)
+    lo = max(areas.min(), 1.0) if areas.size else 1.0  # log axis: areas under 1 px² share the first bin
+    hi = max(areas.max(), 2 * lo) if areas.size else 2.0
+    bins = np.logspace(np.log10(lo), np.log10(hi), 50)
+    fig, ax = new_figure((7, 4))
+    ax.hist(areas.clip(lo), bins=bins, color="tab:blue", alpha=0.6)
+    ax.set(xscale="log", xlabel="object area (input px²)", ylabel="objects")
+    ax.axvline(hyp.tfl_s, color="grey", ls="--", lw=1)
+    ax2 = ax.twinx()
+    grid = np.logspace(np.log10(lo), np.log10(hi), 300)
+    ax2.plot(grid, _tfl_curve(grid, hyp.tfl_k, hyp.tfl_s, hyp.tfl_piecewise), color="tab:red")
+    ax2.set(ylabel="TFL weight", ylim=(0.95, 2.05))
+    ax.set_title(f"TFL auto: k = {hyp.tfl_k:g}, {'piecewise' if hyp.tfl_piecewise else 'continuous'}, "
+                 f"S = {hyp.tfl_s:g} px²")
+    return save_figure(fig, save_path)
+
+
+__all__ = ["DPI", "PALETTE", "color", "new_figure", "plot_confusion_matrix", "plot_images", "plot_labels",
+           "plot_mc_curve", "plot_metric_curves", "plot_pr_curve", "plot_results", "plot_tfl_auto",
+           "plot_tfl_curves", "save_figure"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import re
 from pathlib import Path
 
@@ -104,3 +105,22 @@ class NonFiniteGuard:
             raise FloatingPointError(f"{self.limit} non-finite losses in a row, last batch: {list(paths)}. "
                                      "Lower lr0, check these images' labels, or disable AMP.")
         return False
+
+
+def multi_scale_size(imgsz: int, stride: int, rng: random.Random) -> int:
+    """YOLOv5's ``--multi-scale`` size for one batch: uniform in [0.5, 1.5] x ``imgsz`` (input px), rounded down to
+    a multiple of ``max(stride, 32)``. ``rng`` is Python's seeded ``random`` so a resumed run draws the same sizes."""
+    gs = max(int(stride), 32)
+    return max(rng.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + gs) // gs * gs, gs)
+
+
+def rescale_batch(imgs: torch.Tensor, size: int, stride: int = 32) -> torch.Tensor:
+    """Resize a (bs, 3, h, w) batch so its long side is ``size`` px, both sides multiples of ``max(stride, 32)``,
+    bilinear as YOLOv5. Labels are normalised, so they need no change."""
+    h, w = imgs.shape[2:]
+    sf = size / max(h, w)
+    if sf == 1:
+        return imgs
+    gs = max(int(stride), 32)
+    shape = [math.ceil(x * sf / gs) * gs for x in (h, w)]
+    return torch.nn.functional.interpolate(imgs, size=shape, mode="bilinear", align_corners=False)

@@ -1,0 +1,238 @@
+"""Shared pieces of the dataset converters (``data/convert_*.py``): the ``Converter`` description, the writer of
+the YOLO output (images linked, labels, ignore areas, flags), counters, archive extraction and small checks.
+
+Output layout (what every converter writes under DST):
+- ``images/{split}/REL``: the original image, hard-linked (copied when linking fails, e.g. across file systems);
+- ``labels/{split}/REL.txt``: ``cls x y w h`` per object, **normalised**, 6 decimals; written for every image
+  (empty when the image has no targets);
+- ``labels/{split}/REL.ignore.txt``: ignore areas ``x1 y1 x2 y2`` normalised (``utils/ignore.py``), only for images
+  that have any;
+- ``labels/{split}/REL.flags.txt``: per-object flags for analysis (VisDrone truncation/occlusion, TinyPerson
+  uncertain), only for converters that have flags and images with targets: a ``# col1 col2`` header line, then one
+  line of integers per row of the label file, in the same order.
+Boxes crossing the image border are clipped to it; boxes (and ignore areas) of zero width or height after clipping
+are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import zipfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from utils.dataset_yaml import DatasetError
+from utils.ignore import format_ignore, ignore_file_for
+
+FLAGS_SUFFIX = ".flags.txt"
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz")
+DROP_REASONS = {  # counter key -> words of the printed summary
+    "zero_size": "zero-size boxes (after clipping to the image)",
+    "zero_size_ignore": "zero-size ignore areas",
+    "others": "'others' boxes (VisDrone category 11)",
+    "unknown_class": "boxes of unknown class ids",
+    "missing_image": "boxes of images absent from the image folder",
+    "no_box": "annotations without a box",
+}
+
+
+@dataclass
+class Counts:
+    """What a conversion wrote and dropped (recorded in the marker and printed)."""
+
+    images: int = 0
+    labels: int = 0
+    ignore_areas: int = 0
+    images_with_ignore: int = 0
+    empty_images: int = 0  # images whose label file is empty
+    no_annotation_entry: int = 0  # images the annotations never mention (written with an empty label file)
+    per_split: Counter = field(default_factory=Counter)  # split -> images
+    dropped: Counter = field(default_factory=Counter)  # DROP_REASONS key -> boxes
+    unknown_class_ids: Counter = field(default_factory=Counter)  # original id (str) -> boxes
+    missing_images: list[str] = field(default_factory=list)  # names (skip_missing_images only)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("images", "labels", "ignore_areas", "images_with_ignore", "empty_images",
+                                           "no_annotation_entry")}
+        d.update(per_split=dict(self.per_split), dropped=dict(self.dropped),
+                 unknown_class_ids={str(k): v for k, v in sorted(self.unknown_class_ids.items(), key=str)},
+                 missing_images=sorted(self.missing_images))
+        return d
+
+
+@dataclass(frozen=True, eq=False)
+class Converter:
+    """One registered converter. ``locate(src, options)`` reads and checks every input (raising DatasetError for a
+    missing annotation file or an annotation naming a missing image) before anything is written and returns a plan;
+    ``run(plan, out, options)`` writes it through ``out``. Bump ``version`` when the output changes, so that
+    datasets converted by an older version are converted again."""
+
+    name: str
+    version: int
+    defaults: dict[str, Any]  # every option with its default
+    names: Callable[[dict[str, Any]], list[str]]  # class names (index = class id) for these options
+    locate: Callable[[Path, dict[str, Any]], Any]
+    run: Callable[[Any, Output, dict[str, Any]], None]
+    splits: Callable[[dict[str, Any]], list[str]]  # the splits written for these options
+    flag_columns: tuple[str, ...] = ()
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file in original pixels, from its header (PIL does not decode the pixels)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DatasetError(f"{path}: not a readable image ({e})") from None
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` at ``dst`` (no extra disk space); copy when linking is impossible (other file system)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def safe_relpath(rel: str, where: str) -> str:
+    """A relative image path from an annotation file, refused when absolute or escaping with '..'."""
+    p = Path(str(rel))
+    if not str(rel) or p.is_absolute() or ".." in p.parts:
+        raise DatasetError(f"{where}: unsafe or empty image path {rel!r} (must be relative, without '..')")
+    return p.as_posix()
+
+
+def first_existing(root: Path, candidates: str | list[str], what: str) -> Path:
+    """The first of ``candidates`` (paths relative to ``root``) that exists; DatasetError naming them all if none."""
+    cands = [candidates] if isinstance(candidates, str) else list(candidates)
+    for c in cands:
+        if (root / c).exists():
+            return root / c
+    listed = ", ".join(str(root / c) for c in cands)
+    raise DatasetError(f"missing {what}: {listed}" + (" (none of these exists)" if len(cands) > 1 else ""))
+
+
+def _is_archive(p: Path) -> bool:
+    return p.is_file() and p.name.lower().endswith(ARCHIVE_SUFFIXES) and not p.name.startswith(".")
+
+
+def extract_archives(folder: Path) -> list[Path]:
+    """Extract every archive (.zip, .tar, .tgz, .tar.gz) lying directly in ``folder`` into it, once: a hidden
+    ``.NAME.extracted`` file, written after a complete extraction, marks it done. Returns the archives extracted now.
+
+    Raises DatasetError naming the archive when it is corrupt or incomplete, or holds an absolute or '..' path.
+    """
+    done = []
+    for a in sorted(p for p in folder.iterdir() if _is_archive(p)):
+        flag = folder / f".{a.name}.extracted"
+        if flag.exists():
+            continue
+        print(f"Extracting {a} ...")
+        try:
+            if a.name.lower().endswith(".zip"):
+                with zipfile.ZipFile(a) as z:
+                    names = z.namelist()
+                    _check_members(a, names)
+                    z.extractall(folder)
+            else:
+                with tarfile.open(a) as t:
+                    members = t.getmembers()
+                    _check_members(a, [m.name for m in members])
+                    if any(m.issym() or m.islnk() for m in members):
+                        raise DatasetError(f"{a}: archive holds links; refused")
+                    if hasattr(tarfile, "data_filter"):  # Python >= 3.12 (and security backports): no special files
+                        t.extractall(folder, filter="data")
+                    else:
+                        t.extractall(folder)
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zipfile.LargeZipFile) as e:
+            raise DatasetError(f"{a}: corrupt or incomplete archive ({type(e).__name__}: {e}); delete it and "
+                               "download it again") from None
+        flag.write_text("")
+        done.append(a)
+    return done
+
+
+def _check_members(archive: Path, names: list[str]) -> None:
+    for m in names:  # refuse absolute paths and '..' (zip slip)
+        if Path(m).is_absolute() or ".." in Path(m).parts:
+            raise DatasetError(f"{archive}: unsafe path in archive: {m}")
+
+
+def clip_boxes(boxes: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clip (n, 4) ``x1 y1 x2 y2`` original-pixel boxes to a ``w`` x ``h`` image. Returns (clipped (n, 4) float64,
+    keep (n,) bool: width and height still > 0)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
+    b[:, [0, 2]] = b[:, [0, 2]].clip(0, w)
+    b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
+    return b, (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+
+
+class Output:
+    """Writes one converted dataset under ``dst`` (layout in the module docstring) and counts into ``counts``."""
+
+    def __init__(self, dst: Path, counts: Counts, flag_columns: tuple[str, ...] = ()):
+        self.dst, self.counts, self.flag_columns = dst, counts, flag_columns
+
+    def add(self, split: str, image: Path, rel: str, boxes: np.ndarray, classes: np.ndarray,
+            ignore: np.ndarray | None = None, flags: np.ndarray | None = None, annotated: bool = True,
+            size: tuple[int, int] | None = None) -> None:
+        """Write one image and its labels.
+
+        Args:
+            split: output split ('train', 'val', ...); image: the source image; rel: its path below images/{split}.
+            boxes: (n, 4) ``x1 y1 x2 y2`` in original pixels; classes: (n,) class ids 0..nc-1.
+            ignore: (m, 4) ignore areas ``x1 y1 x2 y2`` in original pixels; flags: (n, len(flag_columns)) ints.
+            annotated: False when the annotations never mention this image (counted; empty label file).
+            size: (width, height) when known; else read from the image header.
+        """
+        c = self.counts
+        w, h = size or image_size(image)
+        b, keep = clip_boxes(boxes, w, h)
+        c.dropped["zero_size"] += int((~keep).sum())
+        b, cls = b[keep], np.asarray(classes, np.int64).reshape(-1)[keep]
+        ig, ikeep = clip_boxes(np.zeros((0, 4)) if ignore is None else ignore, w, h)
+        c.dropped["zero_size_ignore"] += int((~ikeep).sum())
+        ig = ig[ikeep]
+
+        link_or_copy(image, self.dst / "images" / split / rel)
+        lb = (self.dst / "labels" / split / rel).with_suffix(".txt")
+        lb.parent.mkdir(parents=True, exist_ok=True)
+        xywh = np.column_stack([(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h,
+                                (b[:, 2] - b[:, 0]) / w, (b[:, 3] - b[:, 1]) / h])
+        lb.write_text("".join(f"{k} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}\n" for k, (x, y, bw, bh) in zip(cls, xywh)))
+        if len(ig):
+            ignore_file_for(lb).write_text(format_ignore(ig / np.array([w, h, w, h], np.float64)))
+        if self.flag_columns and len(b):
+            f = np.asarray(flags, np.int64).reshape(-1, len(self.flag_columns))[keep]
+            rows = "".join(" ".join(str(int(v)) for v in r) + "\n" for r in f)
+            lb.with_name(lb.stem + FLAGS_SUFFIX).write_text(f"# {' '.join(self.flag_columns)}\n{rows}")
+
+        c.images += 1
+        c.per_split[split] += 1
+        c.labels += len(b)
+        c.empty_images += not len(b)
+        c.no_annotation_entry += not annotated
+        c.ignore_areas += len(ig)
+        c.images_with_ignore += bool(len(ig))
+
+    def drop_unknown(self, ids: np.ndarray | list) -> None:
+        """Count boxes dropped because their original class id is unknown (ids reported in the summary)."""
+        for i in np.asarray(ids).reshape(-1).tolist():
+            self.counts.dropped["unknown_class"] += 1
+            self.counts.unknown_class_ids[str(i)] += 1
+
+
+__all__ = ["ARCHIVE_SUFFIXES", "Converter", "Counts", "DROP_REASONS", "FLAGS_SUFFIX", "Output", "clip_boxes",
+           "extract_archives", "first_existing", "image_size", "link_or_copy", "safe_relpath"]

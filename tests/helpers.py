@@ -1,0 +1,63 @@
+"""Plain builders shared by several test files (no pytest fixtures here: those live in conftest.py or in the
+test file that uses them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from data import synthetic
+from models.yolo import DetectionModel
+
+NAMES = ["car", "person", "boat"]  # the classes of make_model()'s model
+
+
+def tiny_dataset(root: Path, n_train: int = 16, n_val: int = 8, imgsz: int = 64, seed: int = 3) -> Path:
+    """Generate a small synthetic dataset under ``root/ds`` and return the path of its data YAML."""
+    synthetic.generate(root / "ds", n_train=n_train, n_val=n_val, imgsz=imgsz, seed=seed)
+    cfg = root / "data.yaml"
+    cfg.write_text(yaml.safe_dump({"path": str(root / "ds"), "train": "images/train", "val": "images/val",
+                                   "names": dict(enumerate(synthetic.NAMES))}))
+    return cfg
+
+
+def randomise_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Non-trivial weights and BatchNorm statistics (anchors kept), so that a wrong or missing tensor changes the
+    outputs; returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for k, t in model.state_dict().items():
+            if t.is_floating_point() and not k.endswith("anchors"):
+                t.add_(0.05 * torch.randn(t.shape, generator=g))
+                if k.endswith("running_var"):
+                    t.abs_().add_(0.5)
+    return model.eval()
+
+
+def make_model(seed: int = 0) -> DetectionModel:
+    """yolov5n, 3 classes (``NAMES``), randomised weights and BatchNorm statistics; head biases raised so that a
+    few boxes of level 1 (anchor 1, class 1) and level 2 (anchor 0, class 0) pass conf 0.25 on any image."""
+    torch.manual_seed(seed)
+    model = randomise_weights(DetectionModel("yolov5n.yaml", nc=3), seed)
+    with torch.no_grad():
+        head = model.model[-1]
+        b1, b2 = head.m[1].bias.view(head.na, -1), head.m[2].bias.view(head.na, -1)
+        b1[1, 4] += 9.0
+        b1[1, 6] += 6.0
+        b2[0, 4] += 9.0
+        b2[0, 5] += 6.0
+    return model.eval()
+
+
+def make_image(h: int, w: int, seed: int) -> np.ndarray:
+    """(h, w, 3) uint8 BGR image: grey background with six random solid squares of side 6-29 px."""
+    rng = np.random.default_rng(seed)
+    im = np.full((h, w, 3), 90, np.uint8)
+    for _ in range(6):
+        x, y = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+        s = int(rng.integers(6, 30))
+        im[y:y + s, x:x + s] = rng.integers(0, 255, 3)
+    return im
