@@ -1,7 +1,7 @@
 """Run a trained detector on images, folders, globs, .txt lists of images and videos.
 
 Usage:
-    python detect.py --weights best.pt --source data/images                      # folder
+    python detect.py --weights best.pt --source data/images                      # folder, at the trained size
     python detect.py --weights best.pt --source 'imgs/*.jpg' --save-txt --save-conf
     python detect.py --weights best.onnx --source list.txt --imgsz 640             # ONNX Runtime
     python detect.py --weights best.pt --source big.tif --slice 640 --slice-overlap 0.2 --slice-full
@@ -10,6 +10,11 @@ Outputs go to ``--project/--name`` (runs/detect/exp, exp2, ...): annotated image
 format (``cls x y w h [conf]``, normalised to the original image, written atomically) and ``crops/<class>/``.
 Boxes are found at the network input and mapped back to ORIGINAL-image pixels. EXIF orientation is honoured;
 unreadable images are reported and skipped. ``run(**kwargs)`` returns one dict per image/frame.
+
+``--imgsz`` defaults to the size the checkpoint was trained at (640 for official YOLOv5 weights); a size more than 2x
+from it is warned about. Images with the same name (from different folders of a .txt list) get outputs named
+``NAME_<hash of the path>`` instead of overwriting each other. A user error (missing weights or source, not a
+checkpoint, bad flags) is one line on stderr and exit status 1, and creates nothing under ``--project``.
 """
 
 from __future__ import annotations
@@ -30,13 +35,13 @@ if str(ROOT) not in sys.path:
 
 from utils.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
 from utils.boxes import xyxy2xywh  # noqa: E402
-from utils.checkpoints import CheckpointError  # noqa: E402
+from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
 from utils.inference import Detector  # noqa: E402
 from utils.plots import color  # noqa: E402
-from utils.sources import LoadImages  # noqa: E402
+from utils.sources import LoadImages, output_stems  # noqa: E402
 from utils.train_utils import increment_path  # noqa: E402
 
-LOGGER = logging.getLogger("tinyfocal")
+LOGGER = logging.getLogger(__name__)
 
 
 def yolo_txt_lines(det: np.ndarray, shape: tuple[int, int], save_conf: bool) -> list[str]:
@@ -106,7 +111,8 @@ def _describe(det: np.ndarray, names: dict[int, str]) -> str:
 
 
 @torch.no_grad()
-def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] = 640, conf_thres: float = 0.25,
+def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] | None = None,
+        conf_thres: float = 0.25,
         iou_thres: float = 0.45, max_det: int = 1000, device: str = "", save_txt: bool = False,
         save_conf: bool = False, save_crop: bool = False, nosave: bool = False, classes: list[int] | None = None,
         agnostic_nms: bool = False, project: str | Path = ROOT / "runs/detect", name: str = "exp",
@@ -116,11 +122,21 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] =
     """Detect objects in ``source``; return one dict per image / video frame with keys ``path``, ``frame`` (video
     frame number or None), ``shape`` (h, w original px), ``boxes`` (n, 4) xyxy original px, ``scores`` (n,),
     ``classes`` (n,), ``save_path`` (annotated file or None), ``txt_path`` (or None) and ``times_ms``
-    (pre-process, inference, NMS). The run folder is in each dict's ``save_dir``.
+    (pre-process, inference, NMS). The run folder is in each dict's ``save_dir``; it is created only once the
+    weights are loaded and the source holds images. ``imgsz`` (input px) defaults to the trained size.
 
-    Raises FileNotFoundError (missing weights/source, message names it) and CheckpointError (not a model).
+    Raises FileNotFoundError (missing weights/source, message names it), CheckpointError (not a model) and
+    UsageError (a bad argument, message names it).
     """
     imgsz = imgsz[0] if isinstance(imgsz, list | tuple) else imgsz
+    check_args(imgsz=(imgsz is None or imgsz >= 1, f"must be >= 1, got {imgsz}"),
+               conf_thres=(0 <= conf_thres <= 1, f"must be in [0, 1], got {conf_thres}"),
+               iou_thres=(0 <= iou_thres <= 1, f"must be in [0, 1], got {iou_thres}"),
+               max_det=(max_det >= 1, f"must be >= 1, got {max_det}"),
+               slice=(slice >= 0, f"must be >= 0, got {slice}"),
+               slice_overlap=(0 <= slice_overlap < 1, f"must be in [0, 1), got {slice_overlap}"),
+               slice_batch=(slice_batch >= 1, f"must be >= 1, got {slice_batch}"),
+               vid_stride=(vid_stride >= 1, f"must be >= 1, got {vid_stride}"))
     if isinstance(source, str | Path) and "*" not in str(source) and not Path(source).exists():
         raise FileNotFoundError(f"source not found: {source} (expected an image, video, folder, glob or .txt list)")
     detector = Detector(weights, imgsz, conf_thres, iou_thres, max_det, device, slice=slice,
@@ -128,6 +144,7 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] =
                         classes=classes, agnostic=agnostic_nms, half=half)
     dataset = LoadImages(source, img_size=detector.imgsz, stride=detector.stride, auto=detector.backend.dynamic,
                          vid_stride=vid_stride)
+    stems = output_stems(dataset.files)  # two a.jpg from different folders must not share outputs
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     if save_txt:
         (save_dir / "labels").mkdir(parents=True, exist_ok=True)
@@ -140,7 +157,7 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] =
             det = detector.detect(im0, None if slice else im, times).cpu().numpy()
             p = Path(path)
             frame = getattr(dataset, "frame", 0) if cap is not None else None
-            stem = p.stem if frame is None else f"{p.stem}_{frame}"
+            stem = stems[path] if frame is None else f"{stems[path]}_{frame}"
             r = {"path": str(p), "frame": frame, "shape": im0.shape[:2], "boxes": det[:, :4], "scores": det[:, 4],
                  "classes": det[:, 5].astype(np.int64), "save_path": None, "txt_path": None,
                  "times_ms": [t * 1e3 for t in times], "save_dir": save_dir}
@@ -156,10 +173,10 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] =
             if not nosave:
                 drawn = annotate(im0, det, names, line_thickness, hide_labels, hide_conf)
                 if cap is None:
-                    r["save_path"] = save_dir / p.name
+                    r["save_path"] = save_dir / f"{stems[path]}{p.suffix}"
                     _save_image(r["save_path"], drawn)
                 else:
-                    r["save_path"] = save_dir / f"{p.stem}.mp4"
+                    r["save_path"] = save_dir / f"{stems[path]}.mp4"
                     if str(p) not in writers:
                         for wr in writers.values():
                             wr.release()
@@ -187,10 +204,11 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] =
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="detect.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=str, required=True, help="model .pt (ours or official YOLOv5) or .onnx")
     p.add_argument("--source", type=str, required=True, help="image, video, folder, glob or .txt list")
-    p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="inference size (px)")
+    p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=None,
+                   help="inference size (px); default: the size the weights were trained at (else 640)")
     p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=1000, help="maximum detections per image")
@@ -217,13 +235,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    opt = get_args_parser().parse_args(argv)
-    try:
-        run(**vars(opt))
-    except (FileNotFoundError, CheckpointError, ValueError) as e:
-        LOGGER.error(f"detect.py: error: {e}")
-        return 1
-    return 0
+    """Command line: 0 on success, 1 after printing a user error as one line on stderr."""
+    return run_main("detect.py", lambda: run(**vars(get_args_parser().parse_args(argv))))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,19 @@
 """Export a trained detector to ONNX and check it against PyTorch.
 
 Usage:
-    python export.py --weights runs/train/exp/weights/best.pt --imgsz 640            # -> best.onnx, 1x3x640x640
+    python export.py --weights runs/train/exp/weights/best.pt    # -> best.onnx, 1x3xSxS at the trained size S
     python export.py --weights best.pt --imgsz 640 --dynamic --opset 17              # batch/height/width dynamic
 
 The model is rebuilt from the checkpoint (ours or official YOLOv5 v7.0), Conv+BN fused, and exported with
 PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): it runs offline with no extra
 package (the dynamo exporter needs ``onnxscript``) and handles the Detect head's shape-dependent grids with dynamic
 axes. The single output ``output0`` is the eval ``pred`` (batch, N, 5 + nc) ``[x, y, w, h, obj, cls...]`` in input
-pixels. The file passes ``onnx.checker``, carries ``names``, ``stride``, ``nc``, ``imgsz`` (and ``hyp``) as JSON in
-its ``metadata_props`` (read back by ``utils.inference.OnnxBackend``), and its ONNX Runtime outputs must match
-PyTorch's: ``max |onnx - torch| / max(1, |torch|) <= --atol`` (1e-4: absolute for scores, relative for pixel
-coordinates), else the export fails with the figures.
+pixels. The file passes ``onnx.checker``, carries ``names``, ``stride``, ``nc``, ``imgsz`` (and ``hyp``,
+``train_imgsz`` when known) as JSON in its ``metadata_props`` (read back by ``utils.inference.OnnxBackend``), and
+its ONNX Runtime outputs must match PyTorch's: ``max |onnx - torch| / max(1, |torch|) <= --atol`` (1e-4: absolute
+for scores, relative for pixel coordinates), else the export fails with the figures. ``--imgsz`` defaults to the
+size the checkpoint was trained at (640 when not recorded). A user error (missing weights, not a checkpoint, bad
+flags) is one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ if str(ROOT) not in sys.path:
 
 from utils.atomic import atomic_write_bytes  # noqa: E402
 from utils.checkpoints import load_model  # noqa: E402
+from utils.cli import ArgumentParser, UsageError, check_args, run_main  # noqa: E402
+from utils.inference import default_imgsz  # noqa: E402
 
-LOGGER = logging.getLogger("tinyfocal")
+LOGGER = logging.getLogger(__name__)
 
 
 class ExportError(RuntimeError):
@@ -63,6 +67,8 @@ def _metadata(model: nn.Module, imgsz: tuple[int, int]) -> dict[str, str]:
     meta = {"names": json.dumps({str(k): v for k, v in model.names.items()}),
             "stride": json.dumps([float(s) for s in model.stride]), "nc": json.dumps(int(model.yaml["nc"])),
             "imgsz": json.dumps(list(imgsz))}
+    if getattr(model, "train_imgsz", None):
+        meta["train_imgsz"] = json.dumps(int(model.train_imgsz))
     hyp = getattr(model, "hyp", None)
     if hyp is not None:
         try:
@@ -72,26 +78,30 @@ def _metadata(model: nn.Module, imgsz: tuple[int, int]) -> dict[str, str]:
     return meta
 
 
-def run(weights: str | Path, imgsz: int | list[int] | tuple[int, int] = 640, batch_size: int = 1,
+def run(weights: str | Path, imgsz: int | list[int] | tuple[int, int] | None = None, batch_size: int = 1,
         dynamic: bool = False, opset: int = 17, output: str | Path | None = None, atol: float = 1e-4,
         seed: int = 0) -> dict:
     """Export ``weights`` to ONNX; return {'file': Path, 'max_diff': {input shape: diff}, 'metadata': dict}.
 
-    Raises FileNotFoundError / CheckpointError for bad weights (via load_model), ValueError for bad arguments and
-    ExportError when the checker fails or the outputs differ by more than ``atol`` (see :func:`compare`).
+    ``imgsz``: (h, w) or one side in input px; None: the size the checkpoint was trained at (else 640).
+    Raises FileNotFoundError / CheckpointError for bad weights (via load_model), ValueError (UsageError) for bad
+    arguments and ExportError when the checker fails or the outputs differ by more than ``atol`` (see
+    :func:`compare`).
     """
     import onnx
     import onnxruntime as ort
 
-    if opset < 17:
-        raise ValueError(f"--opset must be >= 17, got {opset}")
-    hw = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz) * (2 // len(imgsz))
+    check_args(opset=(opset >= 17, f"must be >= 17, got {opset}"),
+               batch_size=(batch_size >= 1, f"must be >= 1, got {batch_size}"),
+               imgsz=(imgsz is None or isinstance(imgsz, int) or len(imgsz) in (1, 2),
+                      f"takes one or two sizes (h w), got {imgsz}"))
     model = load_model(weights, "cpu", fuse=True)
+    if imgsz is None:
+        imgsz = default_imgsz(None, getattr(model, "train_imgsz", None))
+    hw = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz) * (2 // len(imgsz))
     gs = int(model.stride.max())
-    if len(hw) != 2 or any(s % gs or s <= 0 for s in hw):
-        raise ValueError(f"--imgsz {imgsz}: sizes must be positive multiples of the model stride {gs}")
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if any(s % gs or s <= 0 for s in hw):
+        raise UsageError(f"--imgsz {imgsz}: sizes must be positive multiples of the model stride {gs}")
     f = Path(output) if output else Path(weights).with_suffix(".onnx")
     wrapper = PredOnly(model).eval()
     detect = model.model[-1]
@@ -139,9 +149,10 @@ def run(weights: str | Path, imgsz: int | list[int] | tuple[int, int] = 640, bat
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=str, required=True, help="checkpoint .pt (ours or official YOLOv5 v7.0)")
-    p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="image (h, w)")
+    p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=None,
+                   help="image (h, w) or one side, px; default: the size the weights were trained at (else 640)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width axes")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
@@ -151,15 +162,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    opt = get_args_parser().parse_args(argv)
-    from utils.checkpoints import CheckpointError
-
-    try:
+    """Command line: 0 on success, 1 after printing a user error (or a failed export check) as one line on stderr."""
+    def call() -> None:
+        opt = get_args_parser().parse_args(argv)
         run(opt.weights, opt.imgsz, opt.batch_size, opt.dynamic, opt.opset, opt.output, opt.atol)
-    except (FileNotFoundError, CheckpointError, ValueError, ExportError) as e:
-        LOGGER.error(f"export failed: {e}")
-        return 1
-    return 0
+
+    return run_main("export.py", call, errors=(ExportError,))
 
 
 if __name__ == "__main__":

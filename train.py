@@ -6,13 +6,16 @@ Usage:
     python train.py --tfl auto --box-loss focal_eiou --hyp-set tfl_k=3
     python train.py --resume runs/train/exp/weights/last.pt
     torchrun --nproc_per_node 2 train.py --device cpu  # DDP (gloo on CPU, nccl on CUDA)
+
+Python API: ``train.train(opt)`` with ``opt = train.get_args_parser().parse_args([...])``; command line:
+``train.main(argv) -> int`` (1 after a user error printed as one line, 130 after Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
-import os
 import random
 import sys
 import time
@@ -21,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from tqdm import tqdm
 
@@ -31,49 +33,74 @@ if str(ROOT) not in sys.path:
 
 import val as validate  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
-from utils.atomic import atomic_write_text  # noqa: E402
-from utils.autoanchor import check_anchors, label_wh_pixels, save_anchor_report  # noqa: E402
+from utils.autoanchor import label_wh_pixels  # noqa: E402
 from utils.checkpoints import load_checkpoint  # noqa: E402
-from utils.dataloaders import create_dataloader  # noqa: E402
+from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
+from utils.copy_paste import check_paste_hyp  # noqa: E402
 from utils.dataset_yaml import check_dataset  # noqa: E402
 from utils.hyp import Hyp, load_hyp, parse_overrides  # noqa: E402
 from utils.loggers import RunLogger  # noqa: E402
 from utils.loss import LOSS_NAMES, ComputeLoss, loss_gains  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
-from utils.plots import plot_images, plot_labels, plot_results, plot_tfl_auto  # noqa: E402
-from utils.run_state import find_resume_checkpoint, restore_training_state, save_epoch  # noqa: E402
+from utils.plots import plot_images, plot_tfl_auto  # noqa: E402
+from utils.run_state import (  # noqa: E402
+    LoopState,
+    check_resumable,
+    find_resume_checkpoint,
+    restore_training_state,
+    save_epoch,
+)
 from utils.tfl import suggest_tfl  # noqa: E402
-from utils.torch_utils import ModelEMA, de_parallel, init_seeds, select_device, smart_optimizer  # noqa: E402
+from utils.torch_utils import ModelEMA, autobatch, de_parallel, init_seeds, select_device  # noqa: E402
+from utils.train_run import (  # noqa: E402
+    NoEMA,
+    Run,
+    all_ranks_stop,
+    build_loaders,
+    build_optimizer,
+    create_run_dir,
+    ddp_env,
+    epoch_row,
+    epoch_seed,
+    finish,
+    interrupted_message,
+    seed_epoch,
+    set_warmup,
+    setup_ddp,
+    start_run_files,
+)
 from utils.train_utils import (  # noqa: E402
-    LOGGER,
-    NOMINAL_BATCH,
     EarlyStopping,
     NonFiniteGuard,
-    increment_path,
-    lr_factor,
+    check_freeze,
+    check_run_lock,
     multi_scale_size,
+    release_run_lock,
     rescale_batch,
     transfer_weights,
-    warmup_accumulate,
-    warmup_values,
+    validate_options,
 )
 
+LOGGER = logging.getLogger(__name__)
 METRIC_KEYS = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_args_parser(parser: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """train.py's options; ``parser=utils.cli.ArgumentParser`` turns a bad flag into a one-line UsageError."""
+    p = parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=str, default="", help="initial weights: our .pt or an official YOLOv5 .pt")
     p.add_argument("--cfg", type=str, default="", help="model YAML (default yolov5n.yaml when no --weights)")
     p.add_argument("--data", type=str, default="data/synthetic-tiny.yaml", help="dataset YAML")
     p.add_argument("--hyp", type=str, default="hyp/hyp.scratch-low.yaml", help="hyperparameter YAML")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all devices")
+    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all devices; -1: AutoBatch (CUDA)")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=128, help="train and val image size (px)")
     p.add_argument("--rect", action="store_true", help="rectangular training batches")
+    p.add_argument("--nbs", type=int, default=64, help="nominal batch size: gradients accumulate up to it and weight "
+                   "decay is scaled to it (YOLOv5's fixed 64; smaller = more optimiser steps in a short schedule)")
     p.add_argument("--multi-scale", action="store_true", help="each batch at a random stride-aligned size in "
                    "[0.5, 1.5] x imgsz (as YOLOv5)")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume a run: its last.pt or the latest")
@@ -81,9 +108,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--noval", action="store_true", help="only validate after the final epoch")
     p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
     p.add_argument("--noplots", action="store_true", help="save no plot files")
-    p.add_argument("--cache", type=str, nargs="?", const="ram", help="cache images in 'ram'")
+    p.add_argument("--cache", type=str, nargs="?", const="ram", help="cache images in 'ram' (default) or on 'disk' "
+                   "(resized, as .npy files beside the images)")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    p.add_argument("--allow-skipped", action="store_true", help="train even when more than 10%% of a split's images "
+                   "are skipped as corrupt")
     p.add_argument("--optimizer", type=str, choices=["SGD", "Adam", "AdamW"], default="SGD")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm, DDP only")
     p.add_argument("--workers", type=int, default=2, help="max dataloader workers (per process in DDP)")
@@ -153,8 +183,8 @@ def resolve_tfl_auto(hyp: Hyp, dataset, imgsz: int, save_dir: Path, plots: bool)
     """``--tfl auto``: the paper's rule applied to the training labels' sizes at the training image size."""
     sides = label_sides_px(dataset, imgsz)
     k, piecewise, reason = suggest_tfl(torch.from_numpy(sides), imgsz, default_k=hyp.tfl_k)
-    LOGGER.info(f"TFL auto: {len(sides)} labels, side px min {sides.min(initial=0):.1f} / median "
-                f"{np.median(sides) if len(sides) else 0:.1f} / max {sides.max(initial=0):.1f} -> {reason}")
+    lo, mid, hi = (float(f(sides)) if len(sides) else 0.0 for f in (np.min, np.median, np.max))
+    LOGGER.info(f"TFL auto: {len(sides)} labels, side px min {lo:.1f} / median {mid:.1f} / max {hi:.1f} -> {reason}")
     hyp = hyp.replace(tfl=True, tfl_k=k, tfl_piecewise=piecewise)
     if plots:
         plot_tfl_auto(sides**2, hyp, save_dir / "tfl_auto.png")
@@ -167,249 +197,191 @@ def label_sides_px(dataset, imgsz: int) -> np.ndarray:
     return np.sqrt(wh[:, 0] * wh[:, 1])
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """Seed for one epoch's shuffling and augmentation: a resumed run replays exactly the same epochs."""
-    return (seed + 1) * 100_003 + epoch * 1_009 + max(rank, 0)
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# The loop
+# The story: build the run, then for each epoch train, validate, save; then finish
 # ----------------------------------------------------------------------------------------------------------------
-def train_one_epoch(model, loader, loss_fn, optimizer, scaler, ema, epoch: int, state: dict, opt, hyp: Hyp,
-                    device: torch.device, guard: NonFiniteGuard, rank: int, world_size: int, plots_dir: Path | None,
-                    ) -> torch.Tensor:
-    """One pass over the training data; returns the mean (box, obj, cls) losses. ``state`` carries the
-    iteration counters across epochs (``ni0``, ``last_opt_step``, ``nw``)."""
-    model.train()
-    nb = len(loader)
-    mloss = torch.zeros(3, device=device)
-    bar = tqdm(enumerate(loader), total=nb, bar_format="{l_bar}{bar:10}{r_bar}", disable=rank > 0)
-    optimizer.zero_grad()
-    for i, (imgs, targets, paths, _) in bar:
-        ni = i + nb * epoch
-        imgs = (imgs.to(device, non_blocking=True).float() / 255).contiguous(memory_format=torch.channels_last)
-        targets = targets.to(device)
-        if opt.multi_scale:
-            gs = int(de_parallel(model).stride.max())
-            imgs = rescale_batch(imgs, multi_scale_size(opt.imgsz, gs, random), gs)
-        accumulate = set_warmup(optimizer, ni, state["nw"], epoch, opt, hyp)
-        with torch.autocast(device.type, enabled=scaler.is_enabled()):
-            loss, parts = loss_fn(model(imgs), targets)
-        if world_size > 1:
-            loss = loss * world_size  # DDP averages gradients across processes
-        if guard.check(loss, paths):
-            scaler.scale(loss).backward()
-        if ni - state["last_opt_step"] >= accumulate:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad()
-            ema.update(model)
-            state["last_opt_step"] = ni
-        if torch.isfinite(parts).all():
-            mloss = (mloss * i + parts) / (i + 1)
-        if rank in (-1, 0):
-            bar.set_description(f"{epoch}/{opt.epochs - 1} " + " ".join(f"{n}={v:.4g}" for n, v in
-                                zip(LOSS_NAMES, mloss.tolist())) + f" inst={targets.shape[0]} img={imgs.shape[-1]}")
-            if plots_dir is not None and ni < 3:
-                plot_images(imgs, targets, paths, plots_dir / f"train_batch{ni}.jpg")
-    return mloss
-
-
-def set_warmup(optimizer, ni: int, nw: int, epoch: int, opt, hyp: Hyp) -> int:
-    """Apply warmup learning rates and momentum at iteration ``ni``; returns the accumulation steps."""
-    if ni > nw:
-        return max(round(NOMINAL_BATCH / opt.batch_size), 1)
-    f = lr_factor(epoch, opt.epochs, hyp.lrf, opt.cos_lr)
-    lrs, momentum = warmup_values(ni, nw, [g["initial_lr"] * f for g in optimizer.param_groups],
-                                  hyp.warmup_bias_lr, hyp.warmup_momentum, hyp.momentum)
-    for g, lr in zip(optimizer.param_groups, lrs):
-        g["lr"] = lr
-        if "momentum" in g:
-            g["momentum"] = momentum
-        elif "betas" in g:
-            g["betas"] = (momentum, g["betas"][1])
-    return warmup_accumulate(ni, nw, opt.batch_size)
-
-
 def train(opt: argparse.Namespace) -> dict:
-    """Train as configured by ``opt`` (see get_args_parser); returns the final validation metrics."""
-    rank, world_size = int(os.getenv("RANK", -1)), int(os.getenv("WORLD_SIZE", 1))
-    local_rank = int(os.getenv("LOCAL_RANK", -1))
+    """Train as configured by ``opt`` (see get_args_parser); returns the final validation metrics and save_dir."""
+    run, state = build_run(opt)
+    results, t0, epoch = {}, time.time(), state.start_epoch
+    try:
+        LOGGER.info(f"Image sizes {run.imgsz} train, {run.imgsz} val; {len(run.dataset)} train images, batch "
+                    f"{opt.batch_size}; logging to {run.save_dir}; starting training for {opt.epochs} epochs...")
+        for epoch in range(state.start_epoch, opt.epochs):
+            seed_epoch(run.train_loader, run.dataset, epoch_seed(opt.seed, epoch, run.rank), epoch)
+            mloss = train_one_epoch(run, state, epoch)
+            run.scheduler.step()
+            stop = False
+            if run.main_process:
+                results, fi = validate_epoch(run, epoch)
+                state.best_fitness = max(state.best_fitness, fi)
+                run.logger.log_epoch(epoch, epoch_row(mloss, results, run.optimizer))
+                stop = run.stopper(epoch, fi)
+                state.best_epoch = run.stopper.best_epoch
+                if not opt.nosave or epoch + 1 == opt.epochs:
+                    save_epoch(run, state, epoch, fi)
+            if all_ranks_stop(run, stop):
+                break
+        if run.main_process:
+            finish(run, epoch - state.start_epoch + 1, t0)
+    finally:
+        release_run_lock(run.lock)
+        if run.local_rank != -1:
+            torch.distributed.destroy_process_group()
+    return {**results, "save_dir": str(run.save_dir)}
+
+
+def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
+    """Check every input (options, hyp, data, weights, arguments that depend on the model), build the model, data
+    and optimiser, and only then create the run folder (locked) and its first files."""
+    rank, local_rank, world_size = ddp_env()
+    ckpt = resume_options(opt)
+    validate_options(opt)
+    if rank in (-1, 0) and (opt.exist_ok or opt.resume):  # refuse a folder in use before doing any work
+        check_run_lock(opt.save_dir if opt.resume else Path(opt.project) / opt.name)
     device = select_device(opt.device, batch_size=opt.batch_size)
     if local_rank != -1:
         device = setup_ddp(device, local_rank)
-    main_process = rank in (-1, 0)
-    opt, ckpt, save_dir = prepare_run(opt)
-    weights_dir = save_dir / "weights"
-    if main_process:
-        weights_dir.mkdir(parents=True, exist_ok=True)
-
-    # Configuration: hyp YAML + command-line overrides -> one validated Hyp, saved with the run.
     hyp = load_hyp(ckpt["hyp"]) if ckpt else load_hyp(opt.hyp, hyp_overrides(opt))
     init_seeds(opt.seed + 1 + max(rank, 0), deterministic=True)
     data = check_dataset(opt.data)
     nc = 1 if opt.single_cls else data["nc"]
     names = {0: "item"} if opt.single_cls and len(data["names"]) != 1 else data["names"]
 
-    # Data, model, loss, optimiser.
     # channels-last activations: ~8% faster training steps on CPU (oneDNN), preferred by tensor cores on CUDA
     model = build_model(opt, nc, hyp, device).to(memory_format=torch.channels_last)
+    check_freeze(opt.freeze, len(model.model))
     gs = max(int(model.stride.max()), 32)
     imgsz = math.ceil(opt.imgsz / gs) * gs
+    check_paste_hyp(hyp, imgsz)
+    if opt.batch_size == -1:
+        check_args(batch_size=(world_size == 1, "-1 (AutoBatch) needs a single device: give the total batch size"))
+        opt.batch_size = autobatch(model, imgsz, device)
     batch_size = opt.batch_size // max(world_size, 1)
-    train_loader, dataset = create_dataloader(
-        data["train"], imgsz, batch_size, gs, opt.single_cls, hyp=hyp, augment=True, cache=opt.cache,
-        rect=opt.rect, rank=local_rank, workers=opt.workers, prefix="train: ", shuffle=True, seed=opt.seed, nc=nc)
-    if not opt.resume and opt.tfl == "auto":
-        hyp = resolve_tfl_auto(hyp, dataset, imgsz, save_dir, plots=main_process and not opt.noplots)
-    val_loader = None
-    if main_process:
-        val_loader = create_dataloader(data["val"], imgsz, batch_size * 2, gs, opt.single_cls, hyp=hyp,
-                                       cache=opt.cache, rect=True, rank=-1, workers=opt.workers, pad=0.5,
-                                       prefix="val: ", nc=nc)[0]
-        start_run_files(save_dir, opt, hyp, dataset, names, model, imgsz)
-    freeze_layers(model, opt.freeze)
-    model.nc, model.names, model.hyp = nc, names, hyp
-    loss_fn = ComputeLoss(model, hyp, gains=loss_gains(hyp, de_parallel(model).model[-1].nl, nc, imgsz))
-    optimizer, scheduler = build_optimizer(model, opt, hyp)
-    ema = ModelEMA(model) if main_process else None
-    start_epoch, best_fitness = 0, 0.0
-    state = {"nw": max(round(hyp.warmup_epochs * len(train_loader)), 100), "last_opt_step": -1}
-    if ckpt:
-        start_epoch, best_fitness = restore_training_state(ckpt, model, ema, optimizer, scheduler)
-        state["last_opt_step"] = (ckpt.get("extra") or {}).get("last_opt_step", -1)
-    if local_rank != -1:
-        if opt.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    if ema is None:  # other ranks need an object with update(); they never save
-        ema = _NoEMA()
+    main_process = rank in (-1, 0)
+    train_loader, dataset, val_loader = build_loaders(opt, data, hyp, imgsz, gs, batch_size, local_rank, main_process)
 
-    # For each epoch: train, validate, save.
-    logger = RunLogger(save_dir, names) if main_process else None
-    stopper, guard = EarlyStopping(opt.patience), NonFiniteGuard()
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    results, t0 = {}, time.time()
-    LOGGER.info(f"Image sizes {imgsz} train, {imgsz} val; {len(dataset)} train images, batch {opt.batch_size}; "
-                f"logging to {save_dir}; starting training for {opt.epochs} epochs...")
-    for epoch in range(start_epoch, opt.epochs):
-        seed_epoch(train_loader, dataset, epoch_seed(opt.seed, epoch, rank), epoch)
-        mloss = train_one_epoch(model, train_loader, loss_fn, optimizer, scaler, ema, epoch, state, opt, hyp, device,
-                                guard, rank, world_size, None if opt.noplots or not main_process else save_dir)
-        scheduler.step()
-        if not main_process:
-            continue
-        final = epoch + 1 == opt.epochs
-        if not opt.noval or final:
-            results = validate.run(data, batch_size=batch_size * 2, imgsz=imgsz, model=ema.ema,
-                                   single_cls=opt.single_cls, dataloader=val_loader, save_dir=save_dir,
-                                   plots=final and not opt.noplots, compute_loss=loss_fn, half=device.type == "cuda",
-                                   tfl_s=hyp.tfl_s, verbose=final, names=names)
-        fi = fitness(np.array([[results.get(k, 0.0) for k in METRIC_KEYS]]))[0] if results else 0.0
-        best_fitness = max(best_fitness, fi)
-        logger.log_epoch(epoch, epoch_row(mloss, results, optimizer))
-        if not opt.nosave or final:
-            save_epoch(weights_dir, model, ema, optimizer, scheduler, epoch, best_fitness, fi, hyp, opt, names,
-                       state)
-        if stopper(epoch, fi):
-            break
-    if main_process:
-        logger.close()
-        if not opt.noplots:
-            plot_results(save_dir / "results.csv")
-        LOGGER.info(f"{epoch - start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours. "
-                    f"Results saved to {save_dir}")
-    if local_rank != -1:
-        torch.distributed.destroy_process_group()
-    return {**results, "save_dir": str(save_dir)}
+    # Every input is usable: the run folder, then what is written into it.
+    save_dir, lock = (create_run_dir(opt) if main_process
+                      else (Path(getattr(opt, "save_dir", None) or Path(opt.project) / opt.name), None))
+    try:
+        if not opt.resume and opt.tfl == "auto":
+            hyp = resolve_tfl_auto(hyp, dataset, imgsz, save_dir, plots=main_process and not opt.noplots)
+        if main_process:
+            start_run_files(save_dir, opt, hyp, dataset, names, model, imgsz)
+        freeze_layers(model, opt.freeze)
+        model.nc, model.names, model.hyp = nc, names, hyp
+        loss_fn = ComputeLoss(model, hyp, gains=loss_gains(hyp, de_parallel(model).model[-1].nl, nc, imgsz))
+        optimizer, scheduler = build_optimizer(model, opt, hyp)
+        scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+        run = Run(opt=opt, hyp=hyp, data=data, names=names, device=device, rank=rank, local_rank=local_rank,
+                  world_size=world_size, save_dir=save_dir, imgsz=imgsz, batch_size=batch_size, model=model,
+                  train_loader=train_loader, dataset=dataset, val_loader=val_loader, loss_fn=loss_fn,
+                  optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                  ema=ModelEMA(model) if main_process else NoEMA(), guard=NonFiniteGuard(),
+                  stopper=EarlyStopping(opt.patience), logger=None, lock=lock)
+        state = LoopState(warmup_iters=max(round(hyp.warmup_epochs * len(train_loader)), 100))
+        if ckpt:
+            state = restore_training_state(ckpt, run, state)
+            run.stopper.best_fitness, run.stopper.best_epoch = state.best_fitness, state.best_epoch
+        if local_rank != -1:
+            if opt.sync_bn:
+                run.model = nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
+            run.model = nn.parallel.DistributedDataParallel(
+                run.model, device_ids=[local_rank] if device.type == "cuda" else None)
+        run.logger = RunLogger(save_dir, names) if main_process else None
+    except BaseException:
+        release_run_lock(lock)
+        raise
+    return run, state
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Helpers of the loop
-# ----------------------------------------------------------------------------------------------------------------
-def prepare_run(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict | None, Path]:
-    """The run folder, and for --resume the checkpoint and the options it was started with."""
+def resume_options(opt: argparse.Namespace) -> dict | None:
+    """--resume: load the checkpoint and replace ``opt``'s values by the run's own, in place (so that a caller
+    sees the run folder); None for a new run."""
     if not opt.resume:
-        save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
-        opt.save_dir = str(save_dir)
-        return opt, None, save_dir
-    resume_path = find_resume_checkpoint(opt.resume, opt.project)
-    ckpt = load_checkpoint(resume_path)
-    LOGGER.info(f"Resuming from {resume_path} (--resume {opt.resume}) at epoch {ckpt['epoch'] + 1}")
-    opt = argparse.Namespace(**{**vars(opt), **ckpt["opt"], "resume": str(resume_path)})
-    opt.weights, opt.cfg, opt.exist_ok = str(resume_path), "", True
-    return opt, ckpt, Path(opt.save_dir)
+        return None
+    path = find_resume_checkpoint(opt.resume, opt.project)
+    ckpt = load_checkpoint(path)
+    LOGGER.info(f"Resuming from {path} (--resume {opt.resume}) at epoch {ckpt['epoch'] + 1}")
+    check_resumable(ckpt)
+    vars(opt).update({**ckpt["opt"], "resume": str(path), "weights": str(path), "cfg": "", "exist_ok": True})
+    return ckpt
 
 
-def start_run_files(save_dir: Path, opt, hyp: Hyp, dataset, names: dict, model: nn.Module, imgsz: int) -> None:
-    """hyp.yaml and opt.yaml; on a new run also labels.jpg and AutoAnchor (which may change the model's anchors)."""
-    atomic_write_text(save_dir / "hyp.yaml", yaml.safe_dump(hyp.to_dict(), sort_keys=False))
-    atomic_write_text(save_dir / "opt.yaml", yaml.safe_dump(plain(vars(opt)), sort_keys=False))
-    if opt.resume:
-        return
-    if not opt.noplots:
-        labels = np.concatenate([lb for lb in dataset.labels if len(lb)] or [np.zeros((0, 5))])
-        plot_labels(labels, names, save_dir, tiny_area=hyp.tfl_s, imgsz=imgsz)
-    if not opt.noautoanchor:
-        save_anchor_report(check_anchors(dataset, model, thr=hyp.anchor_t, imgsz=imgsz), save_dir)
+def train_one_epoch(run: Run, state: LoopState, epoch: int) -> torch.Tensor:
+    """One pass over the training data; returns the mean (box, obj, cls) losses. Advances ``state.last_opt_step``."""
+    model, opt, device = run.model, run.opt, run.device
+    model.train()
+    nb = len(run.train_loader)
+    mloss = torch.zeros(3, device=device)
+    bar = tqdm(enumerate(run.train_loader), total=nb, bar_format="{l_bar}{bar:10}{r_bar}", disable=run.rank > 0)
+    run.optimizer.zero_grad()
+    for i, (imgs, targets, paths, _) in bar:
+        ni = i + nb * epoch  # iterations since the start of training
+        imgs = (imgs.to(device, non_blocking=True).float() / 255).contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device)
+        if opt.multi_scale:
+            gs = int(de_parallel(model).stride.max())
+            imgs = rescale_batch(imgs, multi_scale_size(opt.imgsz, gs, random), gs)
+        accumulate = set_warmup(run.optimizer, ni, state.warmup_iters, epoch, opt, run.hyp)
+        with torch.autocast(device.type, enabled=run.scaler.is_enabled()):
+            loss, parts = run.loss_fn(model(imgs), targets)
+        if run.world_size > 1:
+            loss = loss * run.world_size  # DDP averages gradients across processes
+        if run.guard.check(loss, paths):
+            run.scaler.scale(loss).backward()
+        if ni - state.last_opt_step >= accumulate:
+            optimizer_step(run)
+            state.last_opt_step = ni
+        if torch.isfinite(parts).all():
+            mloss = (mloss * i + parts) / (i + 1)
+        if run.main_process:
+            bar.set_description(f"{epoch}/{opt.epochs - 1} " + " ".join(f"{n}={v:.4g}" for n, v in
+                                zip(LOSS_NAMES, mloss.tolist())) + f" inst={targets.shape[0]} img={imgs.shape[-1]}")
+            if not opt.noplots and ni < 3:
+                plot_images(imgs, targets, paths, run.save_dir / f"train_batch{ni}.jpg")
+    return mloss
 
 
-def build_optimizer(model: nn.Module, opt, hyp: Hyp):
-    """YOLOv5's optimiser (weight decay scaled to the nominal batch of 64) and its linear or cosine schedule."""
-    accumulate = max(round(NOMINAL_BATCH / opt.batch_size), 1)
-    decay = hyp.weight_decay * opt.batch_size * accumulate / NOMINAL_BATCH
-    optimizer = smart_optimizer(model, opt.optimizer, hyp.lr0, hyp.momentum, decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, opt.epochs, hyp.lrf, opt.cos_lr))
-    return optimizer, scheduler
+def optimizer_step(run: Run) -> None:
+    """Unscale (AMP), clip the gradient norm to 10, step, clear the gradients and update the EMA."""
+    run.scaler.unscale_(run.optimizer)
+    nn.utils.clip_grad_norm_(run.model.parameters(), max_norm=10.0)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad()
+    run.ema.update(run.model)
 
 
-class _NoEMA:
-    def update(self, model: nn.Module) -> None:
-        pass
+def validate_epoch(run: Run, epoch: int) -> tuple[dict, float]:
+    """Validate the EMA model (every epoch, or only the last with --noval); returns (metrics, fitness)."""
+    opt, final = run.opt, epoch + 1 == run.opt.epochs
+    if opt.noval and not final:
+        return {}, 0.0
+    results = validate.run(run.data, batch_size=run.batch_size * 2, imgsz=run.imgsz, model=run.ema.ema,
+                           single_cls=opt.single_cls, dataloader=run.val_loader, save_dir=run.save_dir,
+                           plots=final and not opt.noplots, compute_loss=run.loss_fn, half=run.device.type == "cuda",
+                           tfl_s=run.hyp.tfl_s, verbose=final, names=run.names)
+    return results, fitness(np.array([[results.get(k, 0.0) for k in METRIC_KEYS]]))[0] if results else 0.0
 
 
-def setup_ddp(device: torch.device, local_rank: int) -> torch.device:
-    """Initialise the process group (nccl on CUDA, gloo on CPU) and return this process's device."""
-    if device.type == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    backend = "nccl" if device.type == "cuda" and torch.distributed.is_nccl_available() else "gloo"
-    torch.distributed.init_process_group(backend=backend)
-    return device
+def main(argv: list[str] | None = None) -> int:
+    """Command line: 0 on success; 1 after a user error (bad hyp/data YAML, missing weights, bad flags, run folder
+    in use), printed as one line on stderr; 130 after Ctrl-C, saying where last.pt is and how to resume."""
+    opt = argparse.Namespace()
 
+    def call() -> None:
+        vars(opt).update(vars(get_args_parser(ArgumentParser).parse_args(argv)))
+        train(opt)
 
-def seed_epoch(loader, dataset, seed: int, epoch: int) -> None:
-    """Make an epoch's order and augmentation a function of (seed, epoch) only, so resuming replays it."""
-    init_seeds(seed)
-    if getattr(loader, "generator", None) is not None:
-        loader.generator.manual_seed(seed)
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-    dataset.reseed(seed)
-
-
-def epoch_row(mloss: torch.Tensor, results: dict, optimizer) -> dict[str, float]:
-    row = {f"train/{n}_loss": float(v) for n, v in zip(LOSS_NAMES, mloss.tolist())}
-    row.update({k: float(v) for k, v in results.items() if isinstance(v, int | float)})
-    for bucket, m in results.get("size_buckets", {}).items():  # e.g. metrics/tiny/recall, for TensorBoard too
-        row.update({f"metrics/{bucket}/{k}": float(m[k]) for k in ("p", "r", "map50", "map50_95")})
-    row.update({f"x/lr{j}": g["lr"] for j, g in enumerate(optimizer.param_groups)})
-    return row
-
-
-def plain(d: dict) -> dict:
-    """A dict of YAML/JSON-safe values (Paths as strings)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
-
-
-def main(opt: argparse.Namespace) -> dict:
-    return train(opt)
+    try:
+        return run_main("train.py", call, errors=(FloatingPointError,))
+    except KeyboardInterrupt:
+        print(interrupted_message(getattr(opt, "save_dir", None)), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
-    import logging
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    main(get_args_parser().parse_args())
+    sys.exit(main())

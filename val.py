@@ -1,19 +1,25 @@
 """Validate a trained detector: YOLOv5's P, R, mAP plus a per-size-bucket breakdown (tiny vs big by default).
 
 Usage:
-    python val.py --weights runs/train/exp/weights/best.pt --data data/synthetic-tiny.yaml --imgsz 256
+    python val.py --weights runs/train/exp/weights/best.pt --data data/synthetic-tiny.yaml   # at the trained size
     python val.py --weights best.pt --data coco128.yaml --size-buckets coco --save-json
     python val.py --weights best.pt --size-buckets 0 64 256 1024 inf     # explicit area edges (px²)
 
 Size buckets are measured in ORIGINAL-image pixels (the image on disk), like COCO's small/medium/large; the
 default tiny/big split is at the TFL area S (1024 px², or the run's ``tfl_s``). TFL itself weighs objects by their
 area at the network input; for letterboxed square inputs the two differ by the resize factor.
+
+``--imgsz`` defaults to the size the checkpoint was trained at (640 for official YOLOv5 weights). ``--single-cls``
+validates any model as a one-class detector: label classes and predicted classes are both ignored (as YOLOv5).
+A user error (bad data YAML, missing weights, not a checkpoint, a split without labels, bad flags) is one line on
+stderr and exit status 1; nothing is created under ``--project`` until the inputs are known usable.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 import time
@@ -29,26 +35,31 @@ if str(ROOT) not in sys.path:
 
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
+from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
 from utils.coco_eval import coco_evaluate, detections_to_coco_json, image_id_from_path, yolo_labels_to_coco  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.dataset_yaml import DatasetError, check_dataset  # noqa: E402
 from utils.ignore import centres_in_areas, to_pixels  # noqa: E402
-from utils.inference import load_backend  # noqa: E402
+from utils.inference import default_imgsz, load_backend, warn_far_from_trained  # noqa: E402
+from utils.labels import require_labels  # noqa: E402
 from utils.metrics import ConfusionMatrix, match_predictions, mean_results, pr_curves  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
 from utils.plots import plot_confusion_matrix, plot_images, plot_metric_curves  # noqa: E402
 from utils.size_metrics import SizeBucketStats, format_size_table, size_buckets  # noqa: E402
-from utils.train_utils import LOGGER, increment_path  # noqa: E402
+from utils.sources import output_stems  # noqa: E402
+from utils.train_utils import increment_path  # noqa: E402
 
+LOGGER = logging.getLogger(__name__)
 IOUV = torch.linspace(0.5, 0.95, 10)  # IoU thresholds of mAP@.5:.95
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="val.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=str, default="data/synthetic-tiny.yaml", help="dataset YAML")
     p.add_argument("--weights", type=str, required=True, help="model .pt (ours or official YOLOv5) or .onnx")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=128, help="inference size (px)")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=None,
+                   help="inference size (px); default: the size the weights were trained at (else 640)")
     p.add_argument("--conf-thres", type=float, default=0.001)
     p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=300)
@@ -118,7 +129,7 @@ class Accumulator:
 
 
 @torch.no_grad()
-def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgsz: int = 128,
+def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgsz: int | None = None,
         conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300, task: str = "val", device: str = "",
         workers: int = 2, single_cls: bool = False, verbose: bool = False, save_txt: bool = False,
         save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / "runs/val", name: str = "exp",
@@ -128,10 +139,22 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
         ) -> dict:
     """Validate ``model`` (when train.py passes it) or the model in ``weights`` on ``data``'s ``task`` split.
 
+    ``imgsz`` (input px) defaults to the size ``weights`` was trained at (640 when not recorded). ``single_cls``:
+    labels and predictions are all class 0, whatever the model's and the data's class counts.
     Returns a dict with 'metrics/precision', 'metrics/recall', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95',
     'val/{box,obj,cls}_loss' (when ``compute_loss``), 'per_class', 'size_buckets', 'coco' (with ``save_json``) and
-    'speed_ms' (pre-process, inference, NMS per image). The same dict is saved as ``metrics.json`` in ``save_dir``.
+    'speed_ms' (pre-process, inference, NMS per image). The same dict is saved as ``metrics.json`` in ``save_dir``,
+    which is created only once the weights, data and labels are known usable.
+    Raises DatasetError (data YAML), FileNotFoundError / CheckpointError (weights), LabelError (a split without any
+    label), UsageError (a bad argument), ValueError (class count mismatch); each names the file or argument.
     """
+    check_args(batch_size=(batch_size >= 1, f"must be >= 1, got {batch_size}"),
+               imgsz=(imgsz is None or imgsz >= 1, f"must be >= 1, got {imgsz}"),
+               conf_thres=(0 <= conf_thres <= 1, f"must be in [0, 1], got {conf_thres}"),
+               iou_thres=(0 <= iou_thres <= 1, f"must be in [0, 1], got {iou_thres}"),
+               max_det=(max_det >= 1, f"must be >= 1, got {max_det}"),
+               slice=(slice_size >= 0, f"must be >= 0, got {slice_size}"),
+               slice_overlap=(0 <= slice_overlap < 1, f"must be in [0, 1), got {slice_overlap}"))
     training = model is not None
     data = check_dataset(data) if not isinstance(data, dict) or "nc" not in data else data
     split = "val" if task == "speed" else task
@@ -141,27 +164,33 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
         device = next(model.parameters()).device
         half &= device.type == "cuda"
         backend = None
+        imgsz = default_imgsz(imgsz, getattr(model, "train_imgsz", None))
     else:
         backend = load_backend(weights, device=device, half=half)
         model, device = backend, backend.device
         tfl_s = tfl_s or (backend.hyp or {}).get("tfl_s")
+        imgsz = default_imgsz(imgsz, backend.train_imgsz)
+        warn_far_from_trained(imgsz, backend.train_imgsz, weights)
     stride = int(max(model.stride)) if hasattr(model, "stride") else 32
     nc = 1 if single_cls else int(data["nc"])
+    acc = Accumulator(nc, size_buckets(bucket_spec(size_buckets_spec), tfl_s or 1024.0))  # checks the spec
     names = names or ({0: "item"} if single_cls else data["names"])
-    if backend is not None and backend.nc is not None and backend.nc != nc:
+    if backend is not None and backend.nc is not None and backend.nc != nc and not single_cls:
         raise ValueError(f"{weights} was trained for {backend.nc} classes but {data.get('yaml_file')} has {nc}: "
                          "pass --single-cls or the matching data YAML")
+    if dataloader is None:  # labels are checked against the data's classes; single_cls collapses them afterwards
+        dataloader = create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=0.5, rect=True,
+                                       workers=workers, prefix=f"{split}: ", nc=int(data["nc"]))[0]
+        ds = dataloader.dataset
+        require_labels(ds.labels, ds.label_files, data[split], prefix=f"{split}: ")
+    stems = output_stems(getattr(getattr(dataloader, "dataset", None), "im_files", ()))
     if save_dir is None:
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     if save_txt:
         (save_dir / "labels").mkdir(parents=True, exist_ok=True)
-    if dataloader is None:
-        dataloader = create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=0.5, rect=True,
-                                       workers=workers, prefix=f"{split}: ", nc=nc)[0]
     if training:
         model.half() if half else model.float()
         model.eval()
-    acc = Accumulator(nc, size_buckets(bucket_spec(size_buckets_spec), tfl_s or 1024.0))
     ignores = ignore_areas_by_file(dataloader)
     loss = torch.zeros(3, device=device)
     jdict, coco_images, dt = [], [], [0.0, 0.0, 0.0]
@@ -182,14 +211,16 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
         targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)  # to input pixels
         preds = non_max_suppression(preds, conf_thres, iou_thres, multi_label=True, agnostic=single_cls,
                                     max_det=max_det)
+        if single_cls:  # the model's classes are ignored (YOLOv5): every detection is class 0
+            for p in preds:
+                p[:, 5] = 0
         t3 = time.perf_counter()
         dt = [dt[0] + t1 - t0, dt[1] + t2 - t1, dt[2] + t3 - t2]
         for si, pred in enumerate(preds):
             labels = targets[targets[:, 0] == si, 1:]
             path, shape = Path(paths[si]), shapes[si][0]
+            stem = stems.get(paths[si], path.stem)  # unique among the split's images (same names in other folders)
             predn = pred.clone()
-            if single_cls:
-                predn[:, 5] = 0
             scale_boxes(im[si].shape[1:], predn[:, :4], shape, shapes[si][1])  # to original pixels
             tbox = xywh2xyxy(labels[:, 1:5])
             scale_boxes(im[si].shape[1:], tbox, shape, shapes[si][1])
@@ -197,10 +228,11 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
             evaln = drop_ignored(predn, ignores.get(paths[si]), shape)  # what every metric (and COCO JSON) sees
             acc.update(evaln, labelsn)
             if save_txt:  # all detections: the ignore rule belongs to the evaluation, not to the model's output
-                save_one_txt(predn, save_conf, shape, save_dir / "labels" / f"{path.stem}.txt")
-            if save_json:
-                jdict += detections_to_coco_json(evaln, image_id_from_path(path))
-                coco_images.append((path, shape, labelsn.cpu().numpy()))
+                save_one_txt(predn, save_conf, shape, save_dir / "labels" / f"{stem}.txt")
+            if save_json:  # image ids from the unique name, on both sides (detections and annotations)
+                out_path = path.with_name(stem + path.suffix)
+                jdict += detections_to_coco_json(evaln, image_id_from_path(out_path))
+                coco_images.append((out_path, shape, labelsn.cpu().numpy()))
         if plots and batch_i < 3:
             plot_images(im, targets, paths, save_dir / f"val_batch{batch_i}_labels.jpg", names)
             plot_images(im, preds_to_targets(preds), paths, save_dir / f"val_batch{batch_i}_pred.jpg", names)
@@ -219,6 +251,8 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
     atomic_write_text(save_dir / "metrics.json", json.dumps(_json_safe(results), indent=2))
     if training:
         model.float()
+    else:
+        LOGGER.info(f"Results saved to {save_dir}")
     return results
 
 
@@ -303,15 +337,19 @@ def _json_safe(x):
     return x
 
 
-def main(opt: argparse.Namespace) -> dict:
+def run_kwargs(opt: argparse.Namespace) -> dict:
+    """Parsed command line -> keyword arguments of :func:`run`."""
     kw = vars(opt).copy()
-    kw["size_buckets_spec"] = kw.pop("size_buckets")
+    kw["size_buckets_spec"] = bucket_spec(kw.pop("size_buckets"))
     kw["slice_size"] = kw.pop("slice")
-    return run(**kw)
+    return kw
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: 0 on success, 1 after printing a user error as one line on stderr."""
+    return run_main("val.py", lambda: run(**run_kwargs(get_args_parser().parse_args(argv))))
 
 
 if __name__ == "__main__":
-    import logging
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    main(get_args_parser().parse_args())
+    sys.exit(main())

@@ -11,6 +11,7 @@ import yaml
 
 from data import synthetic
 from models.yolo import DetectionModel
+from utils.hyp import load_hyp
 
 NAMES = ["car", "person", "boat"]  # the classes of make_model()'s model
 
@@ -61,3 +62,51 @@ def make_image(h: int, w: int, seed: int) -> np.ndarray:
         s = int(rng.integers(6, 30))
         im[y:y + s, x:x + s] = rng.integers(0, 255, 3)
     return im
+
+
+# ---------------------------------------------------------------- ComputeLoss fixtures (test_loss, test_assign)
+IMGSZ = 256  # input px of the loss fixtures below: grids of 32, 16 and 8 cells at strides 8, 16, 32
+
+
+class FakeDetect(torch.nn.Module):
+    """The attributes ComputeLoss reads from a Detect head (anchors in grid cells, as YOLOv5 stores them)."""
+
+    def __init__(self, nc: int, strides=(8, 16, 32)):
+        super().__init__()
+        anchors = torch.tensor([[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326],
+                                [400, 420, 500, 510, 600, 590]], dtype=torch.float32)[: len(strides)]
+        self.nc, self.na, self.nl = nc, 3, len(strides)
+        self.stride = torch.tensor(strides, dtype=torch.float32)
+        self.register_buffer("anchors", anchors.view(len(strides), 3, 2) / self.stride.view(-1, 1, 1))
+        self.conv = torch.nn.Conv2d(1, 1, 1)
+
+
+class FakeModel(torch.nn.Module):
+    """A model whose last module is ``FakeDetect``: all ComputeLoss needs."""
+
+    def __init__(self, nc: int, strides=(8, 16, 32)):
+        super().__init__()
+        self.model = torch.nn.ModuleList([FakeDetect(nc, strides)])
+
+
+def make_preds(nc: int, bs: int = 4, strides=(8, 16, 32), seed: int = 0) -> list[torch.Tensor]:
+    """Random raw head outputs (bs, na, IMGSZ / stride, IMGSZ / stride, 5 + nc) per level, requiring grad."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(bs, 3, IMGSZ // s, IMGSZ // s, 5 + nc, generator=g).requires_grad_() for s in strides]
+
+
+def make_targets(nc: int, seed: int = 0) -> torch.Tensor:
+    """Several boxes per image from 4 px to 250 px at IMGSZ, image 2 left empty, normalised xywh."""
+    g = torch.Generator().manual_seed(seed)
+    sides = torch.tensor([4, 5, 8, 12, 20, 32, 48, 64, 100, 160, 250, 4, 6, 250, 30, 90], dtype=torch.float32)
+    n = sides.numel()
+    img = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 0, 1], dtype=torch.float32)
+    cls = torch.randint(0, nc, (n,), generator=g).float()
+    wh = torch.stack((sides, sides * (0.5 + torch.rand(n, generator=g)).clamp(max=250 / sides)), 1) / IMGSZ
+    xy = wh / 2 + torch.rand(n, 2, generator=g) * (1 - wh)
+    return torch.cat((img[:, None], cls[:, None], xy, wh), 1)
+
+
+def base_hyp(**kw) -> dict:
+    """hyp.scratch-low.yaml as a dict, with ``kw`` changed."""
+    return {**load_hyp("hyp.scratch-low.yaml").to_dict(), **kw}

@@ -1,6 +1,6 @@
 """Tiny-object label assignment (utils/assign.py and ComputeLoss.build_targets): assign nwd, assign_min_pos.
 
-The FakeModel of test_loss carries yolov5n's default anchors (10,13 16,30 33,23 | 30,61 62,45 59,119 |
+The FakeModel of tests/helpers.py carries yolov5n's default anchors (10,13 16,30 33,23 | 30,61 62,45 59,119 |
 116,90 156,198 373,326 px at strides 8, 16, 32); images are IMGSZ = 256 px, so the grids are 32, 16 and 8 cells.
 """
 
@@ -9,13 +9,11 @@ import math
 import pytest
 import torch
 
-from tests.test_loss import IMGSZ, FakeModel, base_hyp, make_preds, make_targets
+from tests.helpers import IMGSZ, FakeModel, base_hyp, make_preds, make_targets
 from utils.assign import nwd_anchor_scores, ratio_match, starved_pairs, topk_pairs
 from utils.box_losses import nwd_loss
 from utils.boxes import xywh2xyxy
-from utils.loss import ComputeLoss
-
-KEYS = ("b", "a", "gj", "gi", "t", "cell", "cls", "tbox", "anchors", "w")
+from utils.loss import ComputeLoss, Matches
 
 
 def box(img: int, cls: int, cx: float, cy: float, w: float, h: float) -> list[float]:
@@ -23,16 +21,13 @@ def box(img: int, cls: int, cx: float, cy: float, w: float, h: float) -> list[fl
     return [img, cls, cx / IMGSZ, cy / IMGSZ, w / IMGSZ, h / IMGSZ]
 
 
-def cells(levels: list[dict]) -> list[set]:
+def cells(levels: list[Matches]) -> list[set]:
     """Per level, the set of (anchor, gj, gi) matched."""
-    return [set(zip(m["a"].tolist(), m["gj"].tolist(), m["gi"].tolist())) for m in levels]
+    return [set(zip(m.a.tolist(), m.gj.tolist(), m.gi.tolist())) for m in levels]
 
 
-def matches(hyp_kw: dict, targets: torch.Tensor, bs: int = 1, weights: bool = False) -> list[dict]:
-    loss = ComputeLoss(FakeModel(3), base_hyp(**hyp_kw))
-    preds = make_preds(3, bs=bs)
-    w = loss.target_weights(preds, targets) if weights else None
-    return loss.build_targets(preds, targets, w)
+def matches(hyp_kw: dict, targets: torch.Tensor, bs: int = 1) -> list[Matches]:
+    return ComputeLoss(FakeModel(3), base_hyp(**hyp_kw)).build_targets(make_preds(3, bs=bs), targets)
 
 
 # ---------------------------------------------------------------- pure functions
@@ -106,12 +101,12 @@ def test_ratio_targets_identical_to_yolov5(oracle):
     model.hyp = {k: v for k, v in base_hyp().items() if not k.startswith(("tfl", "assign"))}
     tcls, tbox, indices, anch = oracle.loss.ComputeLoss(model).build_targets(preds, targets)
     for i, m in enumerate(ours):
-        assert m["n"] == tcls[i].numel() > 0
+        assert m.n == tcls[i].numel() > 0
         for ref, key in zip(indices[i], ("b", "a", "gj", "gi")):
-            assert torch.equal(m[key], ref), key
-        assert torch.equal(m["cls"], tcls[i])
-        assert torch.equal(m["tbox"], tbox[i])
-        assert torch.equal(m["anchors"], anch[i])
+            assert torch.equal(getattr(m, key), ref), key
+        assert torch.equal(m.cls, tcls[i])
+        assert torch.equal(m.tbox, tbox[i])
+        assert torch.equal(m.anchors, anch[i])
 
 
 def test_ratio_threshold_sizes_at_yolov5n_anchors():
@@ -129,16 +124,17 @@ def test_min_pos_gives_tiny_target_its_k_best_anchors():
     targets = torch.tensor([box(0, 2, 100, 60, 2, 2)])
     assert cells(matches({}, targets)) == [set(), set(), set()]
     assert cells(matches({"assign_min_pos": 3}, targets)) == [{(0, 7, 12), (1, 7, 12), (2, 7, 12)}, set(), set()]
-    levels = matches({"assign_min_pos": 4, "tfl": True}, targets, weights=True)
+    levels = matches({"assign_min_pos": 4}, targets)
     assert cells(levels) == [{(0, 7, 12), (1, 7, 12), (2, 7, 12)}, {(0, 3, 6)}, set()]
     m0, m1 = levels[0], levels[1]
-    assert m0["a"].tolist() == [0, 1, 2]  # anchor-major
-    assert m0["t"].tolist() == [0, 0, 0] and m0["cls"].tolist() == [2, 2, 2] and m0["b"].tolist() == [0, 0, 0]
-    torch.testing.assert_close(m0["tbox"], torch.tensor([[0.5, 0.5, 0.25, 0.25]]).expand(3, 4))
-    torch.testing.assert_close(m1["tbox"], torch.tensor([[0.25, 0.75, 0.125, 0.125]]))
-    torch.testing.assert_close(m0["anchors"], torch.tensor([[10, 13], [16, 30], [33, 23]]) / 8.0)
-    assert m0["cell"].tolist() == [(a * 32 + 7) * 32 + 12 for a in range(3)]
-    torch.testing.assert_close(m0["w"], torch.full((3,), math.exp(-1.6 * 4 / 1024) + 1))
+    assert m0.a.tolist() == [0, 1, 2]  # anchor-major
+    assert m0.t.tolist() == [0, 0, 0] and m0.cls.tolist() == [2, 2, 2] and m0.b.tolist() == [0, 0, 0]
+    torch.testing.assert_close(m0.tbox, torch.tensor([[0.5, 0.5, 0.25, 0.25]]).expand(3, 4))
+    torch.testing.assert_close(m1.tbox, torch.tensor([[0.25, 0.75, 0.125, 0.125]]))
+    torch.testing.assert_close(m0.anchors, torch.tensor([[10, 13], [16, 30], [33, 23]]) / 8.0)
+    assert m0.cell.tolist() == [(a * 32 + 7) * 32 + 12 for a in range(3)]
+    weights = ComputeLoss(FakeModel(3), base_hyp(tfl=True)).target_weights(make_preds(3, bs=1), targets)
+    torch.testing.assert_close(weights[m0.t], torch.full((3,), math.exp(-1.6 * 4 / 1024) + 1))
 
 
 def test_min_pos_leaves_matched_targets_alone():
@@ -146,19 +142,19 @@ def test_min_pos_leaves_matched_targets_alone():
     unchanged and come first; only the starved ground truths (2 px, 3x3 px) get extras, exactly k each."""
     big = torch.tensor([box(0, 0, 98, 62, 20, 20)])
     for off, on in zip(matches({}, big), matches({"assign_min_pos": 3}, big)):
-        for key in KEYS:
-            assert (off[key] is None and on[key] is None) or torch.equal(off[key], on[key]), key
+        for key in Matches._fields:
+            assert torch.equal(getattr(off, key), getattr(on, key)), key
     targets = torch.cat((make_targets(3, seed=1), torch.tensor([box(0, 1, 30, 40, 2, 2), box(3, 0, 200, 9, 3, 3)])))
-    off = matches({"tfl": True}, targets, bs=4, weights=True)
-    on = matches({"tfl": True, "assign_min_pos": 3}, targets, bs=4, weights=True)
-    starved = set(range(targets.shape[0])) - {t for m in off for t in m["t"].tolist()}
+    off = matches({}, targets, bs=4)
+    on = matches({"assign_min_pos": 3}, targets, bs=4)
+    starved = set(range(targets.shape[0])) - {t for m in off for t in m.t.tolist()}
     assert {targets.shape[0] - 2, targets.shape[0] - 1} <= starved  # (make_targets has thin 4-6 px ones too)
     extra_count = {t: 0 for t in starved}
     for m_off, m_on in zip(off, on):
-        n = m_off["n"]
-        for key in KEYS:
-            assert torch.equal(m_on[key][:n], m_off[key]), key
-        for t in m_on["t"][n:].tolist():
+        n = m_off.n
+        for key in Matches._fields:
+            assert torch.equal(getattr(m_on, key)[:n], getattr(m_off, key)), key
+        for t in m_on.t[n:].tolist():
             extra_count[t] += 1
     assert extra_count == {t: 3 for t in starved}
 
@@ -172,8 +168,8 @@ def test_nwd_assignment_topk_pairs_times_neighbour_cells():
     lvl0 = {(a, gj, gi) for a in range(3) for gj, gi in ((7, 12), (7, 11), (8, 12))}
     m = matches({"assign": "nwd", "assign_topk": 3}, targets)
     assert cells(m) == [lvl0, set(), set()]
-    assert m[0]["n"] == 9 and m[0]["a"].tolist() == [0, 1, 2] * 3  # offset blocks, anchor-major in each
-    assert m[0]["gi"].tolist() == [12, 12, 12, 11, 11, 11, 12, 12, 12]
+    assert m[0].n == 9 and m[0].a.tolist() == [0, 1, 2] * 3  # offset blocks, anchor-major in each
+    assert m[0].gi.tolist() == [12, 12, 12, 11, 11, 11, 12, 12, 12]
     m4 = matches({"assign": "nwd", "assign_topk": 4}, targets)
     assert cells(m4) == [lvl0, {(0, 3, 6), (0, 3, 5), (0, 4, 6)}, set()]
     assert sum(len(c) for c in cells(matches({}, targets))) == 15  # ratio: 5 anchors pass anchor_t

@@ -1,14 +1,25 @@
 """Tests for utils/box_losses.py and utils/box_geometry.py: hand-computed values, gradients, edge cases, oracle."""
 
+import inspect
 import math
+import sys
+import types
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+import yaml
 
+import utils.hyp as hyp_module
+import utils.loss as loss_module
+from tests.helpers import FakeModel, make_preds, make_targets
 from utils.box_geometry import box_geometry
 from utils.box_losses import (
     BOX_LOSSES,
     BoxLoss,
+    BoxLossDef,
+    HypParam,
     ciou_loss,
     diou_loss,
     eiou_loss,
@@ -182,7 +193,7 @@ GRADCHECK_KW = {"ciou": {"detach_alpha": False}, "focal_eiou": {"detach_weight":
 @pytest.mark.parametrize("name", list(BOX_LOSSES))
 def test_gradcheck(name):
     pred, target = random_pairs(6, seed=1)
-    fn, kw = BOX_LOSSES[name], GRADCHECK_KW.get(name, {})
+    fn, kw = BOX_LOSSES[name].fn, GRADCHECK_KW.get(name, {})
     p, t = pred.clone().requires_grad_(True), target.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: fn(a, b, **kw).loss, (p, t), eps=1e-6, atol=1e-5)
 
@@ -238,6 +249,8 @@ def test_get_box_loss_errors():
         focal_eiou_v1_loss(*OFFSET, beta=1.01)
     with pytest.raises(ValueError, match="constant c"):
         get_box_loss("nwd", c=0.0)
+    with pytest.raises(TypeError, match="unknown box-loss parameter.*'gama'"):
+        get_box_loss("focal_eiou", gama=1.0)
     with pytest.raises(ValueError, match=r"\(3, 4\)"):
         iou_loss(torch.zeros(3, 4), torch.zeros(2, 4))
     # parameters reach the loss they belong to
@@ -272,3 +285,72 @@ def test_score_is_the_iou_variant_or_plain_iou():
         want = 1 - out.loss if name in ("iou", "giou", "diou", "ciou") else out.iou
         torch.testing.assert_close(out.score, want, msg=name)
     assert (giou_loss(*DISJOINT).score.item()) == pytest.approx(-0.2)  # GIoU of the disjoint pair is negative
+
+
+# ---------------------------------------------------------------- registry: parameters from hyperparameters
+def test_registry_parameters_are_declared_hyperparameters():
+    """Every registered parameter is a keyword of its loss and a declared numeric hyperparameter; the per-stride
+    ones are lengths in input px."""
+    for name, d in BOX_LOSSES.items():
+        accepted = inspect.signature(d.fn).parameters
+        for param, (key, per_stride) in d.params.items():
+            assert param in accepted, (name, param)
+            assert key in hyp_module.SPECS and isinstance(getattr(hyp_module.Hyp(), key), float), (name, key)
+            assert per_stride == (hyp_module.SPECS[key].unit == "input px"), (name, key)
+
+
+def test_bind_reads_the_hyp_and_converts_per_stride():
+    h = hyp_module.load_hyp(None, ["nwd_c=16", "focal_eiou_gamma=2", "focal_l1_beta=0.5"])
+    assert BOX_LOSSES["nwd"].bind(h, 8.0).keywords == {"c": 2.0}  # 16 input px = 2 cells of stride 8
+    assert BOX_LOSSES["nwd"].bind(h, 32.0).keywords == {"c": 0.5}
+    assert BOX_LOSSES["focal_eiou"].bind(h, 8.0).keywords == {"gamma": 2.0}
+    assert BOX_LOSSES["focal_eiou_star"].bind(h, 32.0).keywords == {"gamma": 2.0}
+    assert BOX_LOSSES["focal_eiou_v1"].bind(h, 16.0).keywords == {"beta": 0.5}
+    assert BOX_LOSSES["ciou"].bind(h, 8.0).keywords == {}
+    p, t = OFFSET
+    assert BOX_LOSSES["nwd"].bind(h, 16.0)(p, t).loss.item() == pytest.approx(1 - math.exp(-math.sqrt(3.5)))
+
+
+def huber_box_loss(pred: torch.Tensor, target: torch.Tensor, delta: float = 1.0) -> BoxLoss:
+    """A box loss to register in the test below: Huber loss summed over the four xyxy coordinates."""
+    iou = box_geometry(pred, target).iou
+    return BoxLoss(F.huber_loss(pred, target, delta=delta, reduction="none").sum(1), iou, None, iou)
+
+
+def hyp_module_with(declaration: str, monkeypatch) -> types.ModuleType:
+    """utils/hyp.py with one more field declared at the end of ``Hyp``: the one line a developer would add."""
+    src = Path(hyp_module.__file__).read_text(encoding="utf-8")
+    anchor = "\n    def __post_init__"
+    assert src.count(anchor) == 1
+    mod = types.ModuleType("hyp_plus")
+    mod.__file__ = hyp_module.__file__
+    monkeypatch.setitem(sys.modules, "hyp_plus", mod)  # dataclasses look the module up by name
+    exec(compile(src.replace(anchor, "\n" + declaration + anchor), "hyp_plus", "exec"), mod.__dict__)
+    return mod
+
+
+def test_new_box_loss_with_new_hyperparameter_is_declared_in_one_place_each(monkeypatch):
+    """One ``hp(...)`` line in Hyp and one registry entry: the key is validated, saved with the run's hyp.yaml,
+    settable as an override (``--hyp-set``), and reaches ComputeLoss converted from input px to each level's cells."""
+    hp_mod = hyp_module_with('    huber_delta: float = hp(8.0, "Huber box-loss delta", lo=0, open_lo=True, '
+                             'unit="input px")', monkeypatch)
+    monkeypatch.setitem(BOX_LOSSES, "huber", BoxLossDef(huber_box_loss, {"delta": HypParam("huber_delta", True)}))
+    h = hp_mod.load_hyp("hyp.scratch-low.yaml", ["box_loss=huber", "huber_delta=16"])
+    assert (h.box_loss, h.huber_delta, hp_mod.Hyp().huber_delta) == ("huber", 16.0, 8.0)
+    saved = yaml.safe_load(yaml.safe_dump(h.to_dict()))
+    assert saved["huber_delta"] == 16.0 and hp_mod.load_hyp(saved) == h
+    assert "| `huber_delta` | `8.0` | > 0 (input px) | Huber box-loss delta |" in hp_mod.markdown_table()
+    with pytest.raises(hp_mod.HypError, match=r"^override: hyperparameter 'huber_delta' = 0.0: must be > 0 \(input"):
+        hp_mod.load_hyp(None, ["huber_delta=0"])
+    with pytest.raises(hp_mod.HypError, match="^override: hyperparameter 'huber_delta' must be a number, got 'x'"):
+        hp_mod.load_hyp(None, ["huber_delta=x"])
+    with pytest.raises(hp_mod.HypError, match="unknown box loss"):
+        hp_mod.load_hyp(None, ["box_loss=hubr"])
+
+    monkeypatch.setattr(loss_module, "hyp_from_model_or_dict", hp_mod.hyp_from_model_or_dict)
+    loss = loss_module.ComputeLoss(FakeModel(3), h)
+    assert [fn.keywords for fn in loss.box_loss_fns] == [{"delta": 2.0}, {"delta": 1.0}, {"delta": 0.5}]
+    preds, targets = make_preds(3), make_targets(3)
+    lbox = loss(preds, targets)[1][0]
+    lbox_wide = loss_module.ComputeLoss(FakeModel(3), h.replace(huber_delta=1e4))(preds, targets)[1][0]
+    assert torch.isfinite(lbox) and lbox < lbox_wide  # the value reaches the loss: delta 16 px clips large errors

@@ -38,6 +38,7 @@ from utils.checkpoints import (
     load_model,
     save_checkpoint,
     strip_optimizer,
+    trained_imgsz,
 )
 from utils.hyp import Hyp
 from utils.torch_utils import ModelEMA
@@ -298,6 +299,41 @@ def test_non_checkpoint_files(tmp_path):
         load_model(tmp_path / "missing.pt")
     with pytest.raises(CheckpointError, match="folder"):
         load_checkpoint(tmp_path)
+
+
+def test_any_unreadable_file_is_not_a_checkpoint(tmp_path):
+    """Whatever a .pt holds, one line 'PATH: not a checkpoint (...)'. 'a b c d e f g h' made the weights-only
+    unpickler fail with IndexError: pop from empty list, which escaped as a traceback."""
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w") as z:
+        z.writestr("archive/notes.txt", "hello")
+    files = {"words.pt": b"a b c d e f g h\n", "text.pt": b"just some text\n", "empty.pt": b"",
+             "random.pt": bytes(random.Random(17).getrandbits(8) for _ in range(4096)), "zip.pt": zbuf.getvalue(),
+             "half.pt": _official_bytes({"format": FORMAT})[:100]}
+    for name, data in files.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        for load in (load_checkpoint, load_model):
+            with pytest.raises(CheckpointError) as e:
+                load(path)
+            msg = str(e.value)
+            assert f"{path}: " in msg and "not a checkpoint" in msg and "\n" not in msg, (name, msg)
+
+
+def test_trained_imgsz_from_the_run_options():
+    assert trained_imgsz({"opt": {"imgsz": 128}}) == 128
+    assert trained_imgsz({"opt": {"imgsz": [640, 320]}}) == 640  # old YOLOv5: [train, val]
+    assert trained_imgsz({"opt": {"imgsz": 96.0}}) == 96
+    for ck in ({"opt": {}}, {"opt": None}, {}, {"opt": {"imgsz": True}}, {"opt": {"imgsz": "640"}},
+               {"opt": {"imgsz": 0}}):
+        assert trained_imgsz(ck) is None, ck
+
+
+def test_load_model_records_the_training_size(model, tmp_path):
+    for opt, want in (({"imgsz": 128, "epochs": 3}, 128), ({}, None)):
+        path = tmp_path / "w.pt"
+        save_checkpoint(path, model=model, epoch=0, best_fitness=None, hyp=None, opt=opt, names=NAMES)
+        assert load_model(path).train_imgsz == want
 
 
 def test_load_model_mismatch(model, tmp_path):

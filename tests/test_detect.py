@@ -4,6 +4,7 @@ and parity of the whole detect pipeline with the YOLOv5 v7.0 reference."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import cv2
@@ -144,7 +145,7 @@ def test_video_source(weights, tmp_path):
     assert sorted(p.name for p in (tmp_path / "v" / "labels").glob("*.txt")) == [f"clip_{i}.txt" for i in (1, 2, 3)]
 
 
-def test_bad_inputs_give_clear_messages(weights, images, tmp_path, caplog):
+def test_bad_inputs_give_clear_messages(weights, images, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="source not found: .*nowhere"):
         run(weights=weights, source=tmp_path / "nowhere", project=tmp_path)
     with pytest.raises(FileNotFoundError, match="weights not found: .*missing.pt"):
@@ -156,9 +157,8 @@ def test_bad_inputs_give_clear_messages(weights, images, tmp_path, caplog):
     with pytest.raises(CheckpointError, match="fake.onnx: not a valid ONNX model"):
         (tmp_path / "fake.onnx").write_bytes(b"\x00garbage")
         load_backend(tmp_path / "fake.onnx")
-    with caplog.at_level(logging.ERROR):
-        assert main(["--weights", str(txt), "--source", str(images)]) == 1
-    assert "notes.pt" in caplog.text
+    assert main(["--weights", str(txt), "--source", str(images)]) == 1
+    assert "notes.pt" in capsys.readouterr().err  # one line on stderr (tests/test_entry_points.py checks the shape)
     det = Detector(weights, imgsz=64)
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         det(np.zeros((10, 10), np.uint8))
@@ -186,3 +186,58 @@ def test_detect_pipeline_matches_yolov5(oracle, weights, images):
         np.testing.assert_allclose(r["boxes"], det[:, :4].numpy(), atol=1e-3)
         np.testing.assert_allclose(r["scores"], det[:, 4].numpy(), atol=1e-5)
         np.testing.assert_array_equal(r["classes"], det[:, 5].numpy())
+
+
+# ---------------------------------------------------------------------------------- defects of issue 17
+@pytest.fixture(scope="module")
+def weights_128(tmp_path_factory) -> Path:
+    """The same model, its checkpoint recording a training size of 128 px (train.py's opt.imgsz)."""
+    f = tmp_path_factory.mktemp("w128") / "tiny128.pt"
+    save_checkpoint(f, model=make_model(), epoch=0, best_fitness=None, hyp=None, opt={"imgsz": 128}, names=NAMES)
+    return f
+
+
+def test_inference_size_defaults_to_the_trained_size(weights, weights_128, images, tmp_path, caplog):
+    """Trained at 128 px: Detector and detect.py infer at 128, not 640; without a record (official weights): 640.
+    A size more than 2x from the trained one is warned about once; 2x exactly is not."""
+    with caplog.at_level(logging.WARNING):
+        assert Detector(weights_128).imgsz == 128 and Detector(weights).imgsz == 640
+        assert Detector(weights_128, imgsz=256).imgsz == 256 and Detector(weights_128, imgsz=64).imgsz == 64
+        assert "trained at" not in caplog.text
+        assert Detector(weights_128, imgsz=288).imgsz == 288
+    warned = [r.getMessage() for r in caplog.records if "trained at" in r.getMessage()]
+    assert warned == [f"{weights_128}: inference at 288 px but the model was trained at 128 px (objects appear 2.2x "
+                      "their trained size): pass --imgsz 128 unless this is intended"]
+    with caplog.at_level(logging.INFO):
+        res = run(weights=weights_128, source=images / "a.jpg", nosave=True, project=tmp_path)
+    assert "at shape (1, 3, 128, 128)" in caplog.text
+    np.testing.assert_allclose(res[0]["boxes"], Detector(weights, imgsz=128)(images / "a.jpg")["boxes"], atol=1e-4)
+
+
+def test_same_file_names_from_a_list_get_separate_outputs(weights, images, tmp_path):
+    """Two a.jpg (different pictures) in different folders of a .txt list: two saved images and two label files."""
+    for d, seed in (("cam1", 1), ("cam2", 7)):
+        (tmp_path / d).mkdir()
+        cv2.imwrite(str(tmp_path / d / "a.jpg"), make_image(150, 200, seed))
+    lst = tmp_path / "list.txt"
+    lst.write_text("cam1/a.jpg\ncam2/a.jpg\n")
+    res = run(weights=weights, source=lst, imgsz=128, save_txt=True, project=tmp_path, name="exp")
+    assert len({r["save_path"] for r in res}) == 2 and len({r["txt_path"] for r in res}) == 2
+    for r in res:
+        assert re.fullmatch(r"a_[0-9a-f]{6}\.jpg", r["save_path"].name) and r["save_path"].is_file()
+        assert r["txt_path"].stem == r["save_path"].stem
+        np.testing.assert_allclose(read_yolo_txt(r["txt_path"], r["shape"])[:, :4], r["boxes"], atol=0.5)
+    again = run(weights=weights, source=lst, imgsz=128, nosave=True, project=tmp_path, name="exp")
+    assert [Path(r["path"]).parent.name for r in again] == ["cam1", "cam2"]  # same inputs, same output names
+    assert sorted(p.name for p in (tmp_path / "exp" / "labels").glob("*.txt")) == sorted(
+        r["txt_path"].name for r in res)
+
+
+def test_output_stems_are_unique_and_independent_of_order():
+    from utils.sources import output_stems
+
+    files = ["/d/cam1/a.jpg", "/d/cam2/a.jpg", "/d/cam1/b.jpg", "/d/cam1/a.png"]
+    stems = output_stems(files)
+    assert stems["/d/cam1/b.jpg"] == "b" and len(set(stems.values())) == 4
+    assert all(re.fullmatch(r"a_[0-9a-f]{6}", stems[f]) for f in files if "/a." in f)
+    assert output_stems(files[::-1]) == stems and output_stems(["/x/a.jpg"]) == {"/x/a.jpg": "a"}

@@ -97,3 +97,13 @@ def test_onnx_without_metadata_is_refused(exported, tmp_path):
     with pytest.raises(Exception, match=r"bare.onnx: ONNX metadata lacks \['names'"):
         load_backend(f)
     assert Path(exported["file"]).is_file()
+
+
+def test_export_size_defaults_to_the_trained_size(tmp_path):
+    """No --imgsz: the checkpoint's training size (96 px), recorded as train_imgsz, which the ONNX backend reads."""
+    pt = tmp_path / "t96.pt"
+    save_checkpoint(pt, model=make_model(), epoch=0, best_fitness=None, hyp=None, opt={"imgsz": 96}, names=NAMES)
+    out = export.run(pt)
+    assert json.loads(out["metadata"]["imgsz"]) == [96, 96] and json.loads(out["metadata"]["train_imgsz"]) == 96
+    ox = load_backend(out["file"])
+    assert ox.shape == [1, 3, 96, 96] and ox.train_imgsz == 96 and Detector(out["file"]).imgsz == 96

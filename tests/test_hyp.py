@@ -93,3 +93,42 @@ def test_not_a_mapping_and_missing_file(tmp_path):
         load_hyp(p)
     with pytest.raises(HypError, match="not found"):
         load_hyp(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("assign_min_pos", -1, r"assign_min_pos.*>= 0"),
+    ("assign_min_pos", 1.5, r"assign_min_pos.*whole number"),
+    ("assign_topk", 0, r"assign_topk.*>= 1"),
+    ("assign", "iou", r"assign.*choose from \['ratio', 'nwd'\]"),
+    ("nwd_c", 0, r"nwd_c.*> 0 \(input px\)"),
+    ("small_paste", 1.5, r"small_paste.*\[0, 1\]"),
+    ("small_paste_n", -2, r"small_paste_n.*>= 0"),
+    ("small_paste_area", 0, r"small_paste_area.*> 0"),
+    ("small_paste_blend", "alpha", r"small_paste_blend.*choose from"),
+])
+def test_tiny_object_options_fail_at_load_time_naming_the_key(tmp_path, key, value, message):
+    with pytest.raises(HypError, match=message):
+        load_hyp(write(tmp_path, {**base(), key: value}))
+
+
+def test_override_errors_name_the_override_not_the_file(tmp_path):
+    with pytest.raises(HypError, match=r"^override: hyperparameter 'tfl_k' = -1.0: must be >= 0"):
+        load_hyp("hyp.tfl.yaml", ["tfl_k=-1"])
+    with pytest.raises(HypError, match=r"hyp\.bad\.yaml: hyperparameter 'tfl_k' = -1.0"):
+        load_hyp(write(tmp_path, {**base(), "tfl_k": -1}))
+
+
+def test_options_off_by_default_and_in_the_saved_dict():
+    h = load_hyp("hyp.scratch-low.yaml")
+    assert (h.assign, h.assign_min_pos, h.small_paste) == ("ratio", 0.0, 0.0)
+    d = load_hyp("hyp.scratch-low.yaml", ["assign=nwd", "assign_topk=4", "small_paste=0.5", "small_paste_pool=on"])
+    assert {k: d.to_dict()[k] for k in ("assign", "assign_topk", "small_paste", "small_paste_pool")} == {
+        "assign": "nwd", "assign_topk": 4.0, "small_paste": 0.5, "small_paste_pool": True}
+
+
+def test_markdown_table_lists_every_key_once():
+    from utils.hyp import SPECS, markdown_table
+
+    rows = [r for r in markdown_table().splitlines()[2:]]
+    assert [r.split("`")[1] for r in rows] == list(SPECS)
+    assert "| `nwd_c` | `12.8` | > 0 (input px) |" in markdown_table()

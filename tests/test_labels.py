@@ -1,5 +1,6 @@
 """utils/labels.py: one image/label pair verified, every problem named with its file and row."""
 
+import logging
 import os
 
 import cv2
@@ -9,9 +10,11 @@ from PIL import Image
 
 from utils.labels import (
     COORD_TOL,
+    LabelError,
     cache_key,
     img2label_paths,
     load_label_cache,
+    require_labels,
     save_label_cache,
     scan_labels,
     verify_image_label,
@@ -153,3 +156,41 @@ def test_scan_and_cache_roundtrip(tmp_path):
     assert load_label_cache(f, "other") is None
     f.write_bytes(b"garbage")
     assert load_label_cache(f, key) is None
+
+
+def test_missing_label_files_are_counted_in_one_line(tmp_path):
+    """Half the label files missing (one saved as .TXT): one line with the count and the first expected path."""
+    pairs = [_pair(tmp_path, "0 0.5 0.5 0.2 0.2\n" if i % 2 else None, name=f"{i}.png") for i in range(4)]
+    (tmp_path / "labels" / "0.TXT").write_text("0 0.5 0.5 0.2 0.2\n")
+    scan = scan_labels([p[0] for p in pairs], [p[1] for p in pairs], workers=1)
+    assert scan.counts["missing"] == 2
+    assert scan.messages == [f"2 of 4 images have no label file (e.g. {tmp_path / 'labels' / '0.txt'}; found 0.TXT: "
+                             "label files must end in .txt)"]
+    full = scan_labels([p[0] for p in pairs[1::2]], [p[1] for p in pairs[1::2]], workers=1)
+    assert full.messages == []  # nothing missing: nothing said
+
+
+def test_training_loader_reports_missing_labels(tmp_path, caplog):
+    from utils.dataloaders import LoadImagesAndLabels
+
+    for i in range(3):
+        _pair(tmp_path, "0 0.5 0.5 0.2 0.2\n" if i else None, name=f"{i}.png")
+    with caplog.at_level(logging.WARNING):
+        LoadImagesAndLabels(str(tmp_path / "images"), 64, prefix="train: ", workers=1)
+    assert f"train: 1 of 3 images have no label file (e.g. {tmp_path / 'labels' / '0.txt'})" in caplog.text
+
+
+def test_require_labels_refuses_a_split_without_any(tmp_path):
+    ims, lbs = zip(*[_pair(tmp_path, None, name=f"{i}.png") for i in range(3)])
+    none = [np.zeros((0, 5), np.float32)] * 3
+    with pytest.raises(LabelError, match=r"^val: SRC: no labels to validate against: none of its 3 images has a label "
+                                         r"file \(expected YOLO \.txt files in .*labels\)$"):
+        require_labels(none, list(lbs), "SRC", prefix="val: ")
+    open(lbs[0], "w").close()
+    with pytest.raises(LabelError, match="2 of its 3 images have no label file and the other 1 are empty"):
+        require_labels(none, list(lbs), "SRC")
+    for f in lbs[1:]:
+        open(f, "w").close()
+    with pytest.raises(LabelError, match="all 3 label files are empty"):
+        require_labels(none, list(lbs), "SRC")
+    require_labels([none[0], np.ones((1, 5), np.float32), none[0]], list(lbs), "SRC")  # one label is enough

@@ -6,56 +6,15 @@ import pytest
 import torch
 import torchvision
 
+from tests.helpers import IMGSZ, FakeModel, base_hyp, make_preds, make_targets
 from utils.hyp import load_hyp
 from utils.loss import ComputeLoss, focal_bce_with_logits, loss_gains
 from utils.tfl import weight_positive_cells
-
-IMGSZ = 256
-
-
-class FakeDetect(torch.nn.Module):
-    """The attributes ComputeLoss reads from a Detect head (anchors in grid cells, as YOLOv5 stores them)."""
-
-    def __init__(self, nc: int, strides=(8, 16, 32)):
-        super().__init__()
-        anchors = torch.tensor([[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326],
-                                [400, 420, 500, 510, 600, 590]], dtype=torch.float32)[: len(strides)]
-        self.nc, self.na, self.nl = nc, 3, len(strides)
-        self.stride = torch.tensor(strides, dtype=torch.float32)
-        self.register_buffer("anchors", anchors.view(len(strides), 3, 2) / self.stride.view(-1, 1, 1))
-        self.conv = torch.nn.Conv2d(1, 1, 1)
-
-
-class FakeModel(torch.nn.Module):
-    def __init__(self, nc: int, strides=(8, 16, 32)):
-        super().__init__()
-        self.model = torch.nn.ModuleList([FakeDetect(nc, strides)])
-
-
-def make_preds(nc: int, bs: int = 4, strides=(8, 16, 32), seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(bs, 3, IMGSZ // s, IMGSZ // s, 5 + nc, generator=g).requires_grad_() for s in strides]
-
-
-def make_targets(nc: int, seed: int = 0) -> torch.Tensor:
-    """Several boxes per image from 4 px to 250 px at IMGSZ, image 2 left empty, normalised xywh."""
-    g = torch.Generator().manual_seed(seed)
-    sides = torch.tensor([4, 5, 8, 12, 20, 32, 48, 64, 100, 160, 250, 4, 6, 250, 30, 90], dtype=torch.float32)
-    n = sides.numel()
-    img = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 0, 1], dtype=torch.float32)
-    cls = torch.randint(0, nc, (n,), generator=g).float()
-    wh = torch.stack((sides, sides * (0.5 + torch.rand(n, generator=g)).clamp(max=250 / sides)), 1) / IMGSZ
-    xy = wh / 2 + torch.rand(n, 2, generator=g) * (1 - wh)
-    return torch.cat((img[:, None], cls[:, None], xy, wh), 1)
 
 
 def reference_loss(oracle, model, hyp: dict, preds, targets):
     model.hyp = hyp
     return oracle.loss.ComputeLoss(model)(preds, targets)
-
-
-def base_hyp(**kw) -> dict:
-    return {**load_hyp("hyp.scratch-low.yaml").to_dict(), **kw}
 
 
 @pytest.mark.oracle
@@ -139,11 +98,11 @@ def test_tfl_box_gradient_ratio_equals_weight():
     w_tiny = math.exp(-1.6 * 64 / 1024) + 1
     w_big = math.exp(-1.6 * 160 * 120 / 1024) + 1
     for lvl, m in enumerate(loss_on.build_targets(preds, targets)):
-        for b, a, gj, gi, t in zip(m["b"], m["a"], m["gj"], m["gi"], m["t"]):
+        for b, a, gj, gi, t in zip(m.b, m.a, m.gj, m.gi, m.t):
             off, on = g_off[lvl][b, a, gj, gi, :4], g_on[lvl][b, a, gj, gi, :4]
             w = w_tiny if t == 0 else w_big
             torch.testing.assert_close(on, off * w, rtol=1e-5, atol=1e-12)
-    assert sum(m["n"] for m in loss_on.build_targets(preds, targets)) > 0
+    assert sum(m.n for m in loss_on.build_targets(preds, targets)) > 0
 
 
 def test_tfl_changes_only_positive_objectness_cells():
@@ -156,7 +115,7 @@ def test_tfl_changes_only_positive_objectness_cells():
     changed = 0
     for lvl, m in enumerate(on.build_targets(preds, targets)):
         positive = torch.zeros(g_on[lvl].shape[:4], dtype=torch.bool)
-        positive[m["b"], m["a"], m["gj"], m["gi"]] = True
+        positive[m.b, m.a, m.gj, m.gi] = True
         diff = (g_on[lvl][..., 4] - g_off[lvl][..., 4]).abs() > 1e-12
         assert not (diff & ~positive).any(), "a negative cell's objectness gradient changed"
         changed += int(diff[positive].sum())
@@ -172,15 +131,15 @@ def test_tfl_shared_cell_takes_largest_weight():
     loss = ComputeLoss(model, base_hyp(tfl=True))
     preds = make_preds(3, bs=1)
     weights = loss.target_weights(preds, targets)
-    m = loss.build_targets(preds, targets, weights)[0]
+    m = loss.build_targets(preds, targets)[0]
     shape = preds[0].shape[:4]
-    wmap = weight_positive_cells(torch.ones(shape.numel()), m["cell"], m["w"]).view(shape)  # loss 1 -> the weights
-    cell = (0, m["a"][0], m["gj"][0], m["gi"][0])
-    shared = (m["a"] == cell[1]) & (m["gj"] == cell[2]) & (m["gi"] == cell[3])
-    assert set(m["t"][shared].tolist()) == {0, 1}, "fixture must put both targets in one cell"
+    wmap = weight_positive_cells(torch.ones(shape.numel()), m.cell, weights[m.t]).view(shape)  # loss 1 -> the weights
+    cell = (0, m.a[0], m.gj[0], m.gi[0])
+    shared = (m.a == cell[1]) & (m.gj == cell[2]) & (m.gi == cell[3])
+    assert set(m.t[shared].tolist()) == {0, 1}, "fixture must put both targets in one cell"
     assert wmap[cell].item() == pytest.approx(max(weights.tolist()))
     assert wmap[cell].item() == pytest.approx(math.exp(-1.6 * 48 / 1024) + 1)
-    assert (wmap == 1).sum() == wmap.numel() - len(set(zip(m["a"].tolist(), m["gj"].tolist(), m["gi"].tolist())))
+    assert (wmap == 1).sum() == wmap.numel() - len(set(zip(m.a.tolist(), m.gj.tolist(), m.gi.tolist())))
 
 
 def test_tfl_norm_mean_keeps_average_weight_one():
@@ -217,7 +176,7 @@ def test_focal_eiou_composes_with_tfl_by_multiplying():
     g_tfl = torch.autograd.grad(with_tfl(preds, targets)[0], preds)
     weights = with_tfl.target_weights(preds, targets)
     for lvl, m in enumerate(with_tfl.build_targets(preds, targets)):
-        for b, a, gj, gi, t in zip(m["b"], m["a"], m["gj"], m["gi"], m["t"]):
+        for b, a, gj, gi, t in zip(m.b, m.a, m.gj, m.gi, m.t):
             torch.testing.assert_close(g_tfl[lvl][b, a, gj, gi, :4], g_plain[lvl][b, a, gj, gi, :4] * weights[t],
                                        rtol=1e-5, atol=1e-12)
 

@@ -128,10 +128,76 @@ def test_official_yolov5_weights_transfer_and_say_how_many(tmp_path, caplog):
     official = tmp_path / "yolov5n.pt"
     torch.save({"epoch": -1, "model": deepcopy(src).half(), "ema": None, "optimizer": None}, official)
     opt = train.get_args_parser().parse_args(["--weights", str(official)])
-    with caplog.at_level(logging.INFO, logger="tinyfocal"):
+    with caplog.at_level(logging.INFO, logger="train"):
         model = train.build_model(opt, nc=4, hyp=load_hyp(), device=torch.device("cpu"))
     total = len(model.state_dict())
     assert f"Transferred {total - 6}/{total} items from {official}" in caplog.text
     stem = "model.0.conv.weight"
     torch.testing.assert_close(model.state_dict()[stem], src.state_dict()[stem].half().float())
     assert model.model[-1].nc == 4
+
+
+def test_tfl_auto_logs_the_real_minimum_side(tmp_path, caplog):
+    import logging
+
+    class Labels:  # sides 7 and 58 px at 640 (original 640 px images)
+        shapes = [(640, 640), (640, 640)]
+        labels = [np.array([[0, 0.5, 0.5, 7 / 640, 7 / 640]]), np.array([[1, 0.5, 0.5, 58 / 640, 58 / 640]])]
+
+    with caplog.at_level(logging.INFO, logger="train"):
+        train.resolve_tfl_auto(load_hyp("hyp.scratch-low.yaml"), Labels(), 640, tmp_path, plots=False)
+    assert "side px min 7.0 / median 32.5 / max 58.0" in caplog.text  # was "min 0.0" (min with initial=0)
+
+
+def test_autobatch_fit_and_cpu_fallback(caplog):
+    import logging
+
+    from models.yolo import DetectionModel
+    from utils.torch_utils import autobatch, fit_batch_size
+
+    gib = 2**30
+    # memory = 1 GiB + 0.5 GiB per image; budget 10 GiB -> (10 - 1) / 0.5 = 18 images
+    assert fit_batch_size([1, 2, 4, 8], [1.5 * gib, 2 * gib, 3 * gib, 5 * gib], 10 * gib) == 18
+    assert fit_batch_size([1, 2, 4], [1.5 * gib, 2 * gib, 3 * gib], 1.2 * gib) is None  # not even one image fits
+    assert fit_batch_size([1], [1.5 * gib], 10 * gib) is None  # one point: no line
+    assert fit_batch_size([1, 2], [2 * gib, 2 * gib], 10 * gib) is None  # flat: no estimate
+    with caplog.at_level(logging.WARNING):
+        assert autobatch(DetectionModel("yolov5n.yaml", nc=4), 64, torch.device("cpu")) == 16
+    assert "AutoBatch: --batch-size -1 needs a CUDA device; training on cpu with the default batch size 16" \
+        in caplog.text
+
+
+def test_resume_restores_exactly_what_a_checkpoint_saves(tmp_path):
+    """LoopState round trip through save_epoch / restore_training_state, with early stopping's best epoch."""
+    from types import SimpleNamespace
+
+    from models.yolo import DetectionModel
+    from utils.run_state import LoopState, ResumeError, restore_training_state, save_epoch
+    from utils.torch_utils import ModelEMA
+    from utils.train_run import build_optimizer
+
+    def make_run():
+        torch.manual_seed(0)
+        model = DetectionModel("yolov5n.yaml", nc=4)
+        opt = train.get_args_parser().parse_args(["--epochs", "5"])
+        opt.save_dir = str(tmp_path)
+        optimizer, scheduler = build_optimizer(model, opt, load_hyp())
+        return SimpleNamespace(model=model, ema=ModelEMA(model), optimizer=optimizer, scheduler=scheduler,
+                               scaler=torch.amp.GradScaler("cpu", enabled=False), hyp=load_hyp(), opt=opt,
+                               names={i: str(i) for i in range(4)}, save_dir=tmp_path)
+
+    (tmp_path / "weights").mkdir()
+    run = make_run()
+    run.ema.updates = 37
+    run.optimizer.step()  # no gradients: changes nothing, but lets the scheduler step without a warning
+    run.scheduler.step()
+    saved = LoopState(start_epoch=0, best_fitness=0.25, best_epoch=1, last_opt_step=123, warmup_iters=150)
+    save_epoch(run, saved, 2, 0.2)
+    assert (tmp_path / "weights/last.pt").is_file() and not (tmp_path / "weights/best.pt").exists()  # 0.2 < 0.25
+    fresh = make_run()
+    got = restore_training_state(load_checkpoint(tmp_path / "weights/last.pt"), fresh, LoopState(warmup_iters=100))
+    assert got == LoopState(start_epoch=3, best_fitness=0.25, best_epoch=1, last_opt_step=123, warmup_iters=150)
+    assert fresh.ema.updates == 37 and fresh.scheduler.last_epoch == 1
+    save_epoch(run, saved, 4, 0.3)  # the last epoch: nothing left to resume
+    with pytest.raises(ResumeError, match="nothing to resume"):
+        restore_training_state(load_checkpoint(tmp_path / "weights/last.pt"), make_run(), LoopState())

@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
+from utils.cli import UsageError
+from utils.dataset_yaml import DatasetError
 from utils.train_utils import (
+    LOCK_NAME,
     NOMINAL_BATCH,
     EarlyStopping,
     NonFiniteGuard,
+    RunLockError,
+    acquire_run_lock,
+    check_freeze,
+    check_run_lock,
+    check_skipped,
     increment_path,
+    lock_holder,
     lr_factor,
+    release_run_lock,
+    skip_reason,
     transfer_weights,
     warmup_accumulate,
     warmup_values,
@@ -26,7 +41,7 @@ PATHS = [f"/data/images/im{i}.jpg" for i in range(10)]
 def test_guard_skips_counts_and_resets(caplog):
     g = NonFiniteGuard(limit=3)
     assert g.check(torch.tensor([1.5]), PATHS[:2])
-    with caplog.at_level(logging.WARNING, logger="tinyfocal"):
+    with caplog.at_level(logging.WARNING, logger="utils.train_utils"):
         assert not g.check(torch.tensor([float("nan")]), PATHS[:2])
         assert not g.check(torch.tensor([1.0, float("inf")]), PATHS[2:4])
     assert (g.in_row, g.total) == (2, 2)
@@ -57,7 +72,7 @@ def test_guard_never_raises_when_interrupted():
 
 
 def test_guard_warning_truncates_long_batches(caplog):
-    with caplog.at_level(logging.WARNING, logger="tinyfocal"):
+    with caplog.at_level(logging.WARNING, logger="utils.train_utils"):
         NonFiniteGuard(limit=5).check(torch.tensor(float("nan")), PATHS)
     assert "im7.jpg ..." in caplog.text and "im8.jpg" not in caplog.text
 
@@ -97,8 +112,18 @@ def test_increment_path(tmp_path):
     (tmp_path / "exp2").mkdir()
     assert increment_path(p, mkdir=True) == tmp_path / "exp3" and (tmp_path / "exp3").is_dir()
     assert increment_path(p, exist_ok=True) == p
-    (tmp_path / "run7").mkdir()
-    assert increment_path(tmp_path / "run7") == tmp_path / "run2"  # trailing digits are the counter
+    assert increment_path(p) == tmp_path / "exp4"
+
+
+@pytest.mark.parametrize("name, first, second", [("seed1", "seed1-2", "seed1-3"), ("lr0.01", "lr0.01-2", "lr0.01-3"),
+                                                 ("run7", "run7-2", "run7-3"), ("exp2", "exp2-2", "exp2-3"),
+                                                 ("tfl", "tfl2", "tfl3")])
+def test_increment_path_never_changes_the_users_digits(tmp_path, name, first, second):
+    (tmp_path / name).mkdir()
+    (tmp_path / "seed2").mkdir()  # a sibling that the old rule (strip the digits, count on) would have skipped past
+    assert increment_path(tmp_path / name) == tmp_path / first
+    (tmp_path / first).mkdir()
+    assert increment_path(tmp_path / name) == tmp_path / second
 
 
 def test_early_stopping():
@@ -124,3 +149,85 @@ def test_transfer_weights_counts():
     n, _ = transfer_weights(c, a.state_dict(), exclude=("1.",))
     assert n == 4  # the five BatchNorm tensors are excluded
     assert torch.equal(c[0].weight, a[0].weight) and torch.equal(c[1].running_var, torch.ones(4))
+
+
+# --- the run folder's lock ------------------------------------------------------------------------------------------
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()  # reaped: the pid is free
+    return p.pid
+
+
+def test_run_lock_is_exclusive_and_released(tmp_path):
+    lock = acquire_run_lock(tmp_path)
+    assert lock == tmp_path / LOCK_NAME and lock.read_text().split() == [str(os.getpid()), socket.gethostname()]
+    assert lock_holder(tmp_path) is None  # our own lock never blocks us (a run in the same process after a crash)
+    release_run_lock(lock)
+    assert not lock.exists()
+    release_run_lock(lock)  # twice: nothing to do
+
+
+def test_live_lock_refuses_and_stale_lock_is_taken_over(tmp_path, caplog):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_NAME).write_text(f"{child.pid} {socket.gethostname()}\n")
+        with pytest.raises(RunLockError, match=rf"{LOCK_NAME}: .*another training process \(pid {child.pid}\)"):
+            acquire_run_lock(tmp_path)
+        assert (tmp_path / LOCK_NAME).read_text().split()[0] == str(child.pid)  # untouched
+    finally:
+        child.kill()
+        child.wait()
+    with caplog.at_level(logging.WARNING):
+        lock = acquire_run_lock(tmp_path)  # the same pid, now dead: stale
+    assert "taking over the stale lock" in caplog.text and lock.read_text().split()[0] == str(os.getpid())
+    release_run_lock(lock)
+    (tmp_path / LOCK_NAME).write_text(f"{_dead_pid()} {socket.gethostname()}\n")
+    assert lock_holder(tmp_path) is None
+    (tmp_path / LOCK_NAME).write_text(f"{_dead_pid()} some-other-host\n")  # cannot be checked from here: held
+    with pytest.raises(RunLockError, match="on host some-other-host"):
+        check_run_lock(tmp_path)
+    (tmp_path / LOCK_NAME).write_text("garbage")
+    assert lock_holder(tmp_path) == "an unknown process"
+
+
+# --- options and skipped images -------------------------------------------------------------------------------------
+def test_check_freeze_counts_the_models_layers():
+    check_freeze([0], 25)
+    check_freeze([24], 25)  # all but the Detect layer
+    check_freeze([0, 1, 24], 25)
+    with pytest.raises(UsageError, match=r"^--freeze 100: the model has 25 layers \(0\.\.24\)$"):
+        check_freeze([100], 25)
+    with pytest.raises(UsageError, match="--freeze 25: freezes all 25 layers"):
+        check_freeze([25], 25)
+    with pytest.raises(UsageError, match="--freeze 3 25"):
+        check_freeze([3, 25], 25)
+
+
+def test_skip_reasons_and_the_share_that_stops_training():
+    msgs = ["ignoring corrupt image/label: /d/labels/a.txt:2: class id 3 >= nc=1 (valid ids 0..0)\n"
+            "  /d/labels/a.txt:4: class id 2 >= nc=1 (valid ids 0..0)",
+            "ignoring corrupt image/label: /d/labels/b.txt:1: class id 5 >= nc=1 (valid ids 0..0)",
+            "ignoring corrupt image/label: /d/images/c.jpg: image pixels cannot be decoded (truncated)",
+            "ignoring corrupt image/label: /d/labels/e.txt:1: zero-size box (w=0, h=0.1)",
+            "ignoring corrupt image/label: /d/labels/f.ignore.txt: line 1: empty area",
+            "/d/labels/g.txt: 1 duplicate label row(s) removed"]  # a warning, not a skipped image
+    assert [skip_reason(m) for m in msgs[:5]] == ["class id >= nc=1", "class id >= nc=1", "unreadable image",
+                                                 "zero-size box", "bad ignore file"]
+    check_skipped({"corrupt": 5, "total": 50}, msgs, "d.yaml", "train")  # 10%: not more than the limit
+    with pytest.raises(DatasetError) as e:
+        check_skipped({"corrupt": 5, "total": 49}, msgs, "d.yaml", "train")
+    assert str(e.value) == ("d.yaml: 5 of 49 train images skipped as corrupt (class id >= nc=1: 2, unreadable image: "
+                            "1, zero-size box: 1, bad ignore file: 1), more than 10%: fix the labels or the data "
+                            "YAML, or pass --allow-skipped to go on without them")
+    check_skipped({"corrupt": 0, "total": 0}, [], "d.yaml", "val")
+
+
+def test_nominal_batch_sets_the_accumulation():
+    import argparse
+
+    from utils.train_run import nominal_batch
+    from utils.train_utils import warmup_accumulate
+
+    assert warmup_accumulate(1000, 100, 16) == 4 and warmup_accumulate(1000, 100, 16, nbs=16) == 1
+    assert warmup_accumulate(50, 100, 8, nbs=32) == 2  # halfway through warmup: 1 -> 4
+    assert nominal_batch(argparse.Namespace(nbs=16)) == 16 and nominal_batch(argparse.Namespace()) == 64

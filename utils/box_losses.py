@@ -9,20 +9,23 @@ How to reduce a ``BoxLoss``: ``loss.sum() / weight.sum()`` when ``weight`` is no
 normalisation; ``loss`` already holds ``weight * EIoU``), else ``loss.mean()``.
 
 Papers: GIoU (Rezatofighi et al. 2019), DIoU/CIoU (Zheng et al. 2020), EIoU/Focal-EIoU/FocalL1 (Zhang et al.,
-Neurocomputing 2022), NWD (Wang et al. 2021). Formulas: /work/shared/PAPERS.md.
+Neurocomputing 2022), NWD (Wang et al. 2021).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from utils.box_geometry import EPS, box_geometry, check_box_pair
+
+if TYPE_CHECKING:
+    from utils.hyp import Hyp
 
 
 class BoxLoss(NamedTuple):
@@ -197,40 +200,60 @@ def nwd_loss(pred: torch.Tensor, target: torch.Tensor, c: float = 12.8, eps: flo
     return BoxLoss(1 - torch.exp(-torch.sqrt(w2sq + eps**2) / c), g.iou, None, g.iou)
 
 
-# ---------------------------------------------------------------- lookup by name
-BOX_LOSSES: dict[str, Callable[..., BoxLoss]] = {
-    "iou": iou_loss,
-    "giou": giou_loss,
-    "diou": diou_loss,
-    "ciou": ciou_loss,
-    "eiou": eiou_loss,
-    "focal_eiou": focal_eiou_loss,
-    "focal_eiou_star": focal_eiou_star_loss,
-    "focal_eiou_v1": focal_eiou_v1_loss,
-    "nwd": nwd_loss,
+# ---------------------------------------------------------------- registry
+class HypParam(NamedTuple):
+    """Where a box-loss parameter comes from: the hyperparameter ``key`` (declared in utils/hyp.py), divided by the
+    level's stride when ``per_stride`` (a length in input px -> grid cells of that level)."""
+
+    key: str
+    per_stride: bool = False
+
+
+@dataclass(frozen=True)
+class BoxLossDef:
+    """One registered box loss: ``fn(pred, target, **params)`` and, per keyword parameter, its ``HypParam``."""
+
+    fn: Callable[..., BoxLoss]
+    params: dict[str, HypParam] = field(default_factory=dict)
+
+    def bind(self, hyp: Hyp, stride: float) -> BoxLossFn:
+        """``fn`` with its parameters read from ``hyp`` for a level of ``stride`` input px per cell."""
+        return partial(self.fn, **{name: getattr(hyp, p.key) / stride if p.per_stride else getattr(hyp, p.key)
+                                   for name, p in self.params.items()})
+
+
+BOX_LOSSES: dict[str, BoxLossDef] = {
+    "iou": BoxLossDef(iou_loss),
+    "giou": BoxLossDef(giou_loss),
+    "diou": BoxLossDef(diou_loss),
+    "ciou": BoxLossDef(ciou_loss),
+    "eiou": BoxLossDef(eiou_loss),
+    "focal_eiou": BoxLossDef(focal_eiou_loss, {"gamma": HypParam("focal_eiou_gamma")}),
+    "focal_eiou_star": BoxLossDef(focal_eiou_star_loss, {"gamma": HypParam("focal_eiou_gamma")}),
+    "focal_eiou_v1": BoxLossDef(focal_eiou_v1_loss, {"beta": HypParam("focal_l1_beta")}),
+    "nwd": BoxLossDef(nwd_loss, {"c": HypParam("nwd_c", per_stride=True)}),
 }
+_CHECKS = {"gamma": _check_gamma, "beta": _check_beta, "c": _check_c}  # get_box_loss checks before binding
 
 
-def get_box_loss(name: str, *, gamma: float = 0.5, beta: float = 0.8, c: float = 12.8,
-                 detach_weight: bool = True) -> BoxLossFn:
-    """The box loss called ``name`` with its parameters bound: ``fn(pred_xyxy, target_xyxy) -> BoxLoss``.
+def get_box_loss(name: str, **params: float) -> BoxLossFn:
+    """The box loss called ``name`` with ``params`` bound: ``fn(pred_xyxy, target_xyxy) -> BoxLoss``.
 
-    Every parameter is validated whichever loss is chosen; each loss takes only those it uses:
-    ``gamma`` (focal_eiou, focal_eiou_star; >= 0), ``beta`` (focal_eiou_v1; in [1/e, 1]),
-    ``c`` (nwd; > 0, in the boxes' unit: pass ``nwd_c / stride`` for grid cells, i.e. one fn per detection level),
-    ``detach_weight`` (focal_eiou, focal_eiou_star).
+    For direct callers (ComputeLoss binds from a Hyp with ``BoxLossDef.bind``). Every given parameter is checked
+    whichever loss is chosen (``gamma`` >= 0, ``beta`` in [1/e, 1], ``c`` > 0 in the boxes' unit) and each loss
+    receives only the parameters its registry entry declares, so one call can serve every loss.
     """
     if name not in BOX_LOSSES:
         raise ValueError(f"unknown box loss {name!r}; valid: {', '.join(BOX_LOSSES)}")
-    _check_gamma(gamma)
-    _check_beta(beta)
-    _check_c(c)
-    fn = BOX_LOSSES[name]
-    given = {"gamma": gamma, "beta": beta, "c": c, "detach_weight": detach_weight}
-    accepted = inspect.signature(fn).parameters
-    return partial(fn, **{k: v for k, v in given.items() if k in accepted})
+    known = {p for d in BOX_LOSSES.values() for p in d.params}
+    if set(params) - known:
+        raise TypeError(f"unknown box-loss parameter(s) {sorted(set(params) - known)}; known: {sorted(known)}")
+    for key, value in params.items():
+        if key in _CHECKS:
+            _CHECKS[key](value)
+    return partial(BOX_LOSSES[name].fn, **{k: v for k, v in params.items() if k in BOX_LOSSES[name].params})
 
 
-__all__ = ["BOX_LOSSES", "BoxLoss", "BoxLossFn", "check_box_pair", "ciou_loss", "diou_loss", "eiou_loss",
-           "focal_eiou_loss", "focal_eiou_star_loss", "focal_eiou_v1_loss", "focal_l1", "get_box_loss",
-           "giou_loss", "iou_loss", "nwd_loss"]
+__all__ = ["BOX_LOSSES", "BoxLoss", "BoxLossDef", "BoxLossFn", "HypParam", "check_box_pair", "ciou_loss",
+           "diou_loss", "eiou_loss", "focal_eiou_loss", "focal_eiou_star_loss", "focal_eiou_v1_loss", "focal_l1",
+           "get_box_loss", "giou_loss", "iou_loss", "nwd_loss"]

@@ -113,11 +113,14 @@ def _torch_load(path: Path, map_location: Any) -> Any:
                                       f"loaded with weights_only=True; re-save the weights from a trusted "
                                       f"environment ({_reason(msg)})") from None
             if not any(m in msg for m in _UNSAFE_MARKERS):
-                raise CheckpointError(f"{path}: not a PyTorch checkpoint or corrupt ({_reason(msg)})") from None
+                raise CheckpointError(_not_a_checkpoint(path, _reason(msg))) from None
             raise UnsafeCheckpointError(_unsafe_message(path, msg)) from None
-        except (RuntimeError, EOFError, ValueError, KeyError, AttributeError, TypeError, OSError) as e:
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint or corrupt ({type(e).__name__}: "
-                                  f"{_reason(str(e))})") from None
+        except Exception as e:  # garbage fails anywhere in the unpickler: IndexError, struct.error, MemoryError, ...
+            raise CheckpointError(_not_a_checkpoint(path, f"{type(e).__name__}: {_reason(str(e))}")) from None
+
+
+def _not_a_checkpoint(path: Path, reason: str) -> str:
+    return f"{path}: not a checkpoint (not a PyTorch checkpoint or corrupt: {reason})"
 
 
 def _reason(msg: str) -> str:
@@ -169,8 +172,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise CheckpointError(f"{path}: unsupported checkpoint format {fmt!r} (this version reads {FORMAT!r})")
     if isinstance(obj.get("model"), nn.Module) or isinstance(obj.get("ema"), nn.Module):
         return _from_yolov5(obj, path)
-    raise CheckpointError(f"{path}: not a recognised checkpoint: keys {sorted(map(str, obj))[:12]}; expected "
-                          f"'format': {FORMAT!r} or a YOLOv5 file with a 'model' module")
+    raise CheckpointError(f"{path}: not a checkpoint (not a recognised checkpoint: keys {sorted(map(str, obj))[:12]};"
+                          f" expected 'format': {FORMAT!r} or a YOLOv5 file with a 'model' module)")
 
 
 def _module_state(m: nn.Module, where: str, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -226,8 +229,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", fuse: bool 
     """Rebuild the DetectionModel saved in ``path`` (ours or official YOLOv5 v7.0) and load its weights.
 
     The EMA weights are used when present, else the model weights. Returns an fp32 model in eval mode on
-    ``device`` with ``names`` ({index: name}) and ``hyp`` (a Hyp, or None when absent/invalid) set; ``stride``
-    comes from the rebuilt architecture. ``fuse`` folds BatchNorm into convolutions (inference only).
+    ``device`` with ``names`` ({index: name}), ``hyp`` (a Hyp, or None when absent/invalid) and ``train_imgsz``
+    (:func:`trained_imgsz`) set; ``stride`` comes from the rebuilt architecture. ``fuse`` folds BatchNorm into
+    convolutions (inference only).
     Raises the errors of :func:`load_checkpoint`, and CheckpointError when the weights do not fit the YAML.
     """
     ck = load_checkpoint(path)
@@ -246,8 +250,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", fuse: bool 
         raise CheckpointError(f"{path}: weights do not fit the architecture in 'model_yaml': {e}") from e
     model.names = _names_dict(ck["names"], model.yaml["nc"])
     model.hyp = _hyp_or_none(ck.get("hyp"), path)
+    model.train_imgsz = trained_imgsz(ck)
     model = model.float().to(device).eval()
     return model.fuse() if fuse else model
+
+
+def trained_imgsz(ck: Mapping[str, Any]) -> int | None:
+    """The input size (px, long side) a checkpoint was trained at: ``opt['imgsz']`` as train.py and YOLOv5 save it
+    (an int, or [train, val] in old YOLOv5 files: the largest); None when not recorded or not a positive int."""
+    opt = ck.get("opt")
+    v = opt.get("imgsz") if isinstance(opt, Mapping) else None
+    sizes = v if isinstance(v, (list, tuple)) else [v]
+    sizes = [int(x) for x in sizes if isinstance(x, int | float) and not isinstance(x, bool) and x >= 1]
+    return max(sizes) if sizes else None
 
 
 def _hyp_or_none(d: Any, path: Path) -> Any:

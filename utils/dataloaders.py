@@ -12,12 +12,14 @@ import logging
 import math
 import os
 import random
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, distributed, get_worker_info
+from tqdm import tqdm
 
 from utils.augmentations import augment_hsv, letterbox, mixup, random_perspective
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
@@ -95,8 +97,13 @@ class LoadImagesAndLabels(Dataset):
         self.ims: list[np.ndarray | None] = [None] * n
         self.im_hw0: list[tuple[int, int] | None] = [None] * n
         self.im_hw: list[tuple[int, int] | None] = [None] * n
+        self.npy_files: list[Path] | None = None  # --cache disk: resized images saved beside the originals
         if cache_images in (True, "ram"):
             self._cache_ram(prefix)
+        elif cache_images == "disk":
+            self._cache_disk(prefix, workers)
+        elif cache_images not in (False, None, ""):
+            raise ValueError(f"{prefix}cache {cache_images!r}: use 'ram', 'disk' or no caching")
 
     # --- construction helpers --------------------------------------------------------------------------------------
     @staticmethod
@@ -150,6 +157,38 @@ class LoadImagesAndLabels(Dataset):
         for i in range(self.n):
             self.ims[i], self.im_hw0[i], self.im_hw[i] = self.load_image(i)
 
+    def npy_path(self, i: int) -> Path:
+        """--cache disk file of image i, beside it: ``NAME.EXT.<img_size><l|a>.npy`` (the size and the resize
+        interpolation, linear or area, are in the name, so train and val or two image sizes never share a file)."""
+        f = Path(self.im_files[i])
+        return f.with_name(f"{f.name}.{self.img_size}{'l' if self.augment else 'a'}.npy")
+
+    def _cache_disk(self, prefix: str, workers: int) -> None:
+        """Decode and resize every image once into its .npy (see ``npy_path``); a .npy older than its image is
+        redone. ``load_image`` then reads the .npy instead of decoding. Unwritable folders: a warning, no cache."""
+        self.npy_files = [self.npy_path(i) for i in range(self.n)]
+
+        def one(i: int) -> int:
+            f, npy = Path(self.im_files[i]), self.npy_files[i]
+            if npy.is_file() and npy.stat().st_mtime_ns >= f.stat().st_mtime_ns:
+                return 0
+            im = self._read_resized(i)[0]
+            tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")  # rename: a killed run never leaves half a file
+            with open(tmp, "wb") as fh:
+                np.save(fh, im)
+            os.replace(tmp, npy)
+            return im.nbytes
+
+        try:
+            with ThreadPool(max(1, min(workers, os.cpu_count() or 1))) as pool:
+                written = sum(tqdm(pool.imap(one, range(self.n)), total=self.n, desc=f"{prefix}Caching images (disk)",
+                                   bar_format="{l_bar}{bar:10}{r_bar}"))
+        except OSError as e:
+            LOGGER.warning(f"{prefix}--cache disk: {e}; not caching")
+            self.npy_files = None
+            return
+        LOGGER.info(f"{prefix}--cache disk: {written / 2**20:.1f} MiB written, {self.n} images cached as .npy")
+
     def reseed(self, seed: int) -> None:
         """(Re)seed the augmentation random generators (called per DataLoader worker by ``seed_worker``)."""
         self.rng = random.Random(seed)
@@ -167,6 +206,17 @@ class LoadImagesAndLabels(Dataset):
         """
         if self.ims[i] is not None:
             return self.ims[i], self.im_hw0[i], self.im_hw[i]
+        if self.npy_files is not None:
+            im = np.load(self.npy_files[i])
+            w0, h0 = (int(x) for x in self.shapes[i])  # original px, from the label scan
+        else:
+            im, (h0, w0) = self._read_resized(i)
+        if self.ignores[i] is not None:
+            fill_ignore(im, to_pixels(self.ignores[i], im.shape[1], im.shape[0]))
+        return im, (h0, w0), im.shape[:2]
+
+    def _read_resized(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """Image ``i`` decoded and resized so its long side is ``img_size`` -> (BGR image, (h0, w0) original)."""
         f = self.im_files[i]
         im = imread(f)
         if im is None:
@@ -176,9 +226,7 @@ class LoadImagesAndLabels(Dataset):
         if r != 1:
             interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
             im = cv2.resize(im, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
-        if self.ignores[i] is not None:
-            fill_ignore(im, to_pixels(self.ignores[i], im.shape[1], im.shape[0]))
-        return im, (h0, w0), im.shape[:2]
+        return im, (h0, w0)
 
     def load_mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """4-image mosaic around a random centre, then random_perspective down to (img_size, img_size).

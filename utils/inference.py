@@ -3,7 +3,8 @@
 ``load_backend(weights)`` picks the backend from the file: ``.onnx`` -> :class:`OnnxBackend`, anything else ->
 :class:`TorchBackend` (our checkpoints and official YOLOv5 v7.0 ``.pt`` files, via ``utils.checkpoints.load_model``,
 Conv+BN fused). Both expose ``device``, ``stride`` (tensor of per-level strides, px), ``nc``, ``names``, ``hyp``
-(dict or None), ``__call__(im)`` and ``sliced(im, slice_size, overlap)``: ``im`` is a (bs, 3, H, W) float tensor in
+(dict or None), ``train_imgsz`` (input px the model was trained at, None when not recorded), ``__call__(im)`` and
+``sliced(im, slice_size, overlap)``: ``im`` is a (bs, 3, H, W) float tensor in
 [0, 1] and the result is the model's eval output ``pred`` (bs, N, 5 + nc) ``[x, y, w, h, obj, cls...]`` in input
 pixels, as float32.
 """
@@ -29,6 +30,23 @@ from utils.torch_utils import select_device, time_sync
 
 LOGGER = logging.getLogger(__name__)
 ONNX_META_KEYS = ("names", "stride", "nc", "imgsz")  # metadata_props written by export.py, values JSON
+DEFAULT_IMGSZ = 640  # input px when the weights do not record their training size (official YOLOv5 weights: 640)
+FAR_FACTOR = 2.0  # an inference size more than this factor from the training size gets a warning
+
+
+def default_imgsz(requested: int | None, trained: int | None) -> int:
+    """The inference size (input px): ``requested`` when given, else the size the weights were trained at, else
+    DEFAULT_IMGSZ. A detector trained at 128 px and run at 640 sees its objects 5x larger than it learned them."""
+    return int(requested or trained or DEFAULT_IMGSZ)
+
+
+def warn_far_from_trained(imgsz: int, trained: int | None, weights: str | Path) -> bool:
+    """Log one warning when ``imgsz`` is more than FAR_FACTOR from the training size; True when it warned."""
+    if not trained or max(imgsz / trained, trained / imgsz) <= FAR_FACTOR:
+        return False
+    LOGGER.warning(f"{weights}: inference at {imgsz} px but the model was trained at {trained} px (objects appear "
+                   f"{imgsz / trained:.2g}x their trained size): pass --imgsz {trained} unless this is intended")
+    return True
 
 
 class _Backend:
@@ -39,6 +57,7 @@ class _Backend:
     nc: int | None
     names: dict[int, str]
     hyp: dict | None
+    train_imgsz: int | None = None
     fp16: bool = False
     dynamic: bool = True
 
@@ -72,6 +91,7 @@ class TorchBackend(_Backend):
         self.names = dict(model.names)
         hyp = getattr(model, "hyp", None)
         self.hyp = hyp.to_dict() if hasattr(hyp, "to_dict") else (dict(hyp) if isinstance(hyp, dict) else None)
+        self.train_imgsz = getattr(model, "train_imgsz", None)
 
     @torch.no_grad()
     def __call__(self, im: torch.Tensor) -> torch.Tensor:
@@ -107,6 +127,7 @@ class OnnxBackend(_Backend):
             self.stride = torch.tensor(json.loads(meta["stride"]), dtype=torch.float32)
             self.nc = int(json.loads(meta["nc"]))
             self.hyp = json.loads(meta["hyp"]) if "hyp" in meta else None
+            self.train_imgsz = int(json.loads(meta["train_imgsz"])) if "train_imgsz" in meta else None
         except (ValueError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{path}: unreadable ONNX metadata ({e})") from None
         inp = self.session.get_inputs()[0]
@@ -166,15 +187,18 @@ class Detector:
 
     ``image`` is an HWC uint8 BGR array (OpenCV order) or a path; boxes come back as (n, 4) float32 xyxy in
     original-image pixels, scores (n,) float32, classes (n,) int64, by decreasing score. ``slice`` > 0 runs sliced
-    inference with tiles of that many original pixels (``slice_full`` adds the whole image downscaled).
+    inference with tiles of that many original pixels (``slice_full`` adds the whole image downscaled). ``imgsz``
+    (input px) defaults to the size the weights were trained at (:func:`default_imgsz`); a size more than 2x from
+    it is warned about.
     """
 
-    def __init__(self, weights: str | Path, imgsz: int = 640, conf_thres: float = 0.25, iou_thres: float = 0.45,
+    def __init__(self, weights: str | Path, imgsz: int | None = None, conf_thres: float = 0.25, iou_thres: float = 0.45,
                  max_det: int = 300, device: str | torch.device = "", slice: int = 0, slice_overlap: float = 0.2,
                  slice_full: bool = False, slice_batch: int = 8, classes: list[int] | None = None,
                  agnostic: bool = False, half: bool = False):
         self.backend = load_backend(weights, device=device, half=half)
         self.stride = int(self.backend.stride.max())
+        imgsz = default_imgsz(imgsz, self.backend.train_imgsz)
         if imgsz % self.stride:
             new = int(np.ceil(imgsz / self.stride) * self.stride)
             LOGGER.warning(f"imgsz {imgsz} is not a multiple of the stride {self.stride}: using {new}")
@@ -184,6 +208,7 @@ class Detector:
             if imgsz != fixed:
                 LOGGER.warning(f"{weights}: exported at a fixed {fixed} px: using imgsz {fixed}")
                 imgsz = fixed
+        warn_far_from_trained(imgsz, self.backend.train_imgsz, weights)
         self.imgsz, self.conf_thres, self.iou_thres, self.max_det = imgsz, conf_thres, iou_thres, max_det
         self.slice, self.slice_overlap, self.slice_full, self.slice_batch = slice, slice_overlap, slice_full, \
             slice_batch

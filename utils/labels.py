@@ -252,7 +252,7 @@ def verify_image_label(im_file: str, lb_file: str, nc: int | None = None) -> Lab
 
 
 # --- a whole dataset: parallel scan and the label cache -------------------------------------------------------------
-CACHE_VERSION = 2  # 2: ignore areas. Bump when the cache layout or the verification rules change
+CACHE_VERSION = 3  # 2: ignore areas; 3: missing-label summary. Bump when the layout or the rules change
 
 
 @dataclass
@@ -297,7 +297,7 @@ def scan_labels(im_files: list[str], label_files: list[str], nc: int | None = No
                 desc: str = "Scanning") -> ScanResult:
     """Verify every image/label pair in parallel (a thread pool: PIL decodes without the GIL) with a tqdm bar."""
     counts = dict(found=0, missing=0, empty=0, corrupt=0, total=len(im_files))
-    kept, labels, shapes, msgs, ignores = [], [], [], [], []
+    kept, labels, shapes, msgs, ignores, no_label = [], [], [], [], [], []
     nw = max(1, min(workers, os.cpu_count() or 1, len(im_files)))
     with ThreadPool(nw) as pool:
         results = pool.imap(lambda a: verify_image_label(a[0], a[1], nc), zip(im_files, label_files), chunksize=8)
@@ -306,6 +306,8 @@ def scan_labels(im_files: list[str], label_files: list[str], nc: int | None = No
             for k in ("found", "missing", "empty", "corrupt"):
                 counts[k] += getattr(r, k)
             msgs += r.messages
+            if r.missing:
+                no_label.append(r.lb_file)
             if r.ok:
                 kept.append(r.im_file)
                 labels.append(r.labels)
@@ -313,7 +315,40 @@ def scan_labels(im_files: list[str], label_files: list[str], nc: int | None = No
                 ignores.append(r.ignore)
             bar.set_postfix_str(f"{counts['found']} labelled, {counts['missing'] + counts['empty']} backgrounds, "
                                 f"{counts['corrupt']} corrupt", refresh=False)
+    if no_label:
+        msgs.append(missing_labels_message(no_label, counts["total"]))
     return ScanResult(kept, labels, np.array(shapes, dtype=np.int64).reshape(-1, 2), counts, msgs, ignores)
+
+
+def missing_labels_message(missing: list[str], total: int) -> str:
+    """One line: how many of ``total`` images have no label file, with the first expected path (and a hint when a
+    file differing only in the case of its extension exists, e.g. ``a.TXT``)."""
+    first = Path(missing[0])
+    hint = next((f"; found {q.name}: label files must end in .txt" for q in (first.with_suffix(".TXT"),
+                                                                             first.with_suffix(".Txt"))
+                 if q.is_file() and q.name != first.name), "")
+    return f"{len(missing)} of {total} images have no label file (e.g. {first}{hint})"
+
+
+def require_labels(labels: list[np.ndarray], label_files: list[str], source: str | Path | list,
+                   prefix: str = "") -> None:
+    """Refuse a split without a single label row (validation would report 0 for every metric and say nothing).
+
+    ``labels[i]`` (n_i, 5) of image i, ``label_files[i]`` its label path (``img2label_paths``). Raises LabelError in
+    one line naming the split's source and label folder.
+    """
+    if any(len(lb) for lb in labels):
+        return
+    folder = Path(label_files[0]).parent if label_files else Path("labels")
+    n, n_files = len(label_files), sum(os.path.isfile(f) for f in label_files)
+    if not n_files:
+        what = f"none of its {n} images has a label file"
+    elif n_files == n:
+        what = f"all {n} label files are empty"
+    else:
+        what = f"{n - n_files} of its {n} images have no label file and the other {n_files} are empty"
+    raise LabelError(f"{prefix}{source}: no labels to validate against: {what} (expected YOLO .txt files in "
+                     f"{folder})")
 
 
 def save_label_cache(path: Path, key: str, scan: ScanResult) -> bool:
@@ -359,4 +394,4 @@ def load_label_cache(path: Path, key: str) -> ScanResult | None:
 
 __all__ = ["IMG_FORMATS", "VID_FORMATS", "COORD_TOL", "LabelResult", "LabelError", "img2label_paths", "exif_size",
            "verify_image", "parse_label_file", "verify_image_label", "ScanResult", "cache_key", "scan_labels",
-           "save_label_cache", "load_label_cache", "CACHE_VERSION"]
+           "save_label_cache", "load_label_cache", "CACHE_VERSION", "missing_labels_message", "require_labels"]

@@ -3,8 +3,9 @@
 With ``tfl`` off and ``box_loss: ciou`` the numbers equal YOLOv5 v7.0's ComputeLoss. The composition:
 
 - targets are matched to anchors and grid cells by ``build_targets`` (anchor side ratio < ``anchor_t``, plus the
-  two nearest neighbour cells), which also records which ground truth each match came from; ``assign: nwd`` and
-  ``assign_min_pos`` (utils/assign.py) change which anchors a ground truth matches, for tiny objects;
+  two nearest neighbour cells) into one ``Matches`` per level, whose ``t`` says which ground truth each match came
+  from (and so selects its TFL weight); ``assign: nwd`` and ``assign_min_pos`` (utils/assign.py) change which
+  anchors a ground truth matches, for tiny objects;
 - the box term is, per level, ``sum(t_i * f_i * L_i) / sum(f_i)`` over the matches, with ``L`` the chosen box loss
   (utils/box_losses.py), ``f`` its own per-box weight (Focal-EIoU's IoU^gamma; 1 for the others) and ``t`` the TFL
   weight of the match's ground truth (1 when TFL is off). Both reweightings therefore multiply;
@@ -12,7 +13,7 @@ With ``tfl`` off and ``box_loss: ciou`` the numbers equal YOLOv5 v7.0's ComputeL
 - the objectness term is the mean BCE over all cells, positive cells multiplied by ``t``; negatives keep weight 1.
   When several ground truths land in the same cell, the cell's objectness target is the IoU of the last one
   written (as YOLOv5) and its weight is the LARGEST of their TFL weights, i.e. the tiniest object's, which does
-  not depend on the order of the targets.
+  not depend on the order of the targets (``weight_positive_cells``, utils/tfl.py).
 
 TFL normalisation (``tfl_norm``): ``sum`` multiplies each target's loss by its weight, as the paper does (the loss
 grows with the share of tiny objects); ``mean`` divides the weights by their mean over each level's matches, so
@@ -21,12 +22,14 @@ the batch's average weight stays 1 and only the balance between tiny and big obj
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from utils.assign import nwd_anchor_scores, ratio_match, starved_pairs, topk_pairs
-from utils.box_losses import get_box_loss
+from utils.box_losses import BOX_LOSSES
 from utils.boxes import xywh2xyxy
 from utils.hyp import Hyp, hyp_from_model_or_dict
 from utils.tfl import tfl_weights, weight_positive_cells
@@ -65,15 +68,22 @@ def loss_gains(hyp: Hyp, nl: int, nc: int, imgsz: int) -> tuple[float, float, fl
     return hyp.box * layers, hyp.obj * (imgsz / 640) ** 2 * layers, hyp.cls * nc / 80 * layers
 
 
-def _box_loss_params(hyp: Hyp, stride: float) -> dict:
-    """Parameters of the chosen box loss at one level; NWD's C is converted from input pixels to grid cells."""
-    if hyp.box_loss in ("focal_eiou", "focal_eiou_star"):
-        return {"gamma": hyp.focal_eiou_gamma}
-    if hyp.box_loss == "focal_eiou_v1":
-        return {"beta": hyp.focal_l1_beta}
-    if hyp.box_loss == "nwd":
-        return {"c": hyp.nwd_c / stride}
-    return {}
+class Matches(NamedTuple):
+    """One level's matches of ground truths to (anchor, cell) pairs, ``n`` of them, each field a tensor of length n."""
+
+    b: torch.Tensor  # (n,) image index in the batch
+    a: torch.Tensor  # (n,) anchor index
+    gj: torch.Tensor  # (n,) cell row
+    gi: torch.Tensor  # (n,) cell column
+    cell: torch.Tensor  # (n,) flat index into the level's (bs, na, ny, nx) map
+    t: torch.Tensor  # (n,) index of the matched ground truth in ``targets`` (selects its TFL weight)
+    cls: torch.Tensor  # (n,) class
+    tbox: torch.Tensor  # (n, 4) xywh target in grid cells, xy relative to the cell's corner
+    anchors: torch.Tensor  # (n, 2) anchor width, height in grid cells
+
+    @property
+    def n(self) -> int:
+        return self.t.shape[0]
 
 
 class ComputeLoss:
@@ -106,43 +116,42 @@ class ComputeLoss:
         self.cp, self.cn = smooth_bce(h.label_smoothing)
         self.cls_pw = torch.tensor([h.cls_pw], device=self.device)
         self.obj_pw = torch.tensor([h.obj_pw], device=self.device)
-        self.box_loss_fns = [get_box_loss(h.box_loss, **_box_loss_params(h, s)) for s in self.strides]
+        self.box_loss_fns = [BOX_LOSSES[h.box_loss].bind(h, s) for s in self.strides]  # per level: NWD's c
         self.tfl_terms = frozenset(h.tfl_terms) if h.tfl else frozenset()
 
     def __call__(self, preds: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h, dev = self.hyp, self.device
+        h, dev, terms = self.hyp, self.device, self.tfl_terms
         lbox, lobj, lcls = (torch.zeros(1, device=dev) for _ in range(3))
-        terms = self.tfl_terms
         weights = self.target_weights(preds, targets) if terms else None  # (nt,) TFL weight per ground truth
-        for i, (pi, m) in enumerate(zip(preds, self.build_targets(preds, targets, weights))):
+        for i, (pi, m) in enumerate(zip(preds, self.build_targets(preds, targets))):
             tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=dev)
-            wobj = None
-            if m["n"]:
-                ps = pi[m["b"], m["a"], m["gj"], m["gi"]]  # (n, 5 + nc) predictions at the matched cells
-                w = w_raw = m["w"]  # (n,) TFL weight per match, >= 1; None when TFL is off
+            w_obj = mu = None
+            if m.n:
+                ps = pi[m.b, m.a, m.gj, m.gi]  # (n, 5 + nc) predictions at the matched cells
+                w = w_raw = weights[m.t] if weights is not None else None  # (n,) per match, >= 1; None: TFL off
                 mu = w.mean() if w is not None and h.tfl_norm == "mean" else None
                 if mu is not None:
-                    w = w / mu
+                    w = w / mu  # the one per-match weight of the box and class terms
                 pxy = ps[:, :2].sigmoid() * 2 - 0.5
-                pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * m["anchors"]
-                box = self.box_loss_fns[i](xywh2xyxy(torch.cat((pxy, pwh), 1)), xywh2xyxy(m["tbox"]))
+                pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * m.anchors
+                box = self.box_loss_fns[i](xywh2xyxy(torch.cat((pxy, pwh), 1)), xywh2xyxy(m.tbox))
                 lb = w * box.loss if "box" in terms else box.loss
                 if box.weight is None:
-                    lbox += lb.sum() / m["n"]
+                    lbox += lb.sum() / m.n
                 else:
                     lbox += lb.sum() / box.weight.sum().clamp(min=1e-12)  # loss holds f * L
                 iou = box.score.detach().clamp(0).type(tobj.dtype)  # CIoU for ciou, as YOLOv5
-                tobj.view(-1)[m["cell"]] = (1.0 - self.gr) + self.gr * iou
+                tobj.view(-1)[m.cell] = (1.0 - self.gr) + self.gr * iou
                 if "obj" in terms:
-                    wobj = (m["cell"], w_raw, mu)
+                    w_obj = w_raw  # raw (>= 1) for the cells' max; 'mean' divides after it
                 if self.nc > 1:  # YOLOv5 skips the class term for a single class
                     t = torch.full_like(ps[:, 5:], self.cn)
-                    t[torch.arange(m["n"], device=dev), m["cls"]] = self.cp
+                    t[torch.arange(m.n, device=dev), m.cls] = self.cp
                     wcls = w[:, None] if "cls" in terms else None
                     lcls += focal_bce_with_logits(ps[:, 5:], t, h.fl_gamma, h.fl_alpha, self.cls_pw, wcls).mean()
             bce = focal_bce_with_logits(pi[..., 4], tobj, h.fl_gamma, h.fl_alpha, self.obj_pw)
-            if wobj is not None:
-                bce = weight_positive_cells(bce.reshape(-1), *wobj)
+            if w_obj is not None:
+                bce = weight_positive_cells(bce.reshape(-1), m.cell, w_obj, mu)
             lobj += bce.mean() * self.balance[i]
         lbox *= self.gains[0]
         lobj *= self.gains[1]
@@ -151,30 +160,20 @@ class ComputeLoss:
         return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
 
     def target_weights(self, preds: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-        """(nt,) TFL weight of every ground truth from its size in input pixels; ones when TFL is off."""
-        if not self.tfl_terms:
-            return torch.ones(targets.shape[0], device=targets.device)
+        """(nt,) TFL weight of every ground truth from its size in input pixels (called when TFL is on)."""
         ny, nx = preds[0].shape[2:4]
         input_area = nx * ny * self.strides[0] ** 2  # px^2
         # w * h normalised against S / input area: the same l = w_px * h_px / S without building a pixel tensor
         return tfl_weights(targets[:, 4:6], self.hyp.tfl_k, self.hyp.tfl_s / input_area, self.hyp.tfl_piecewise)
 
-    def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor,
-                      weights: torch.Tensor | None = None) -> list[dict]:
-        """Match ground truths to anchors and cells, per level.
-
-        Returns one dict per level with ``n`` (matches), ``b``/``a``/``gj``/``gi`` (image, anchor, cell row and
-        column), ``cell`` (their flat index into (bs, na, ny, nx)), ``t`` (index of the ground truth in
-        ``targets``), ``cls``, ``tbox`` (n, 4) xywh in grid cells relative to the cell corner, ``anchors``
-        (n, 2) in grid cells, and ``w`` (n,): ``weights`` (nt,) of the matched ground truths, or None.
+    def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor) -> list[Matches]:
+        """Match ground truths to anchors and cells: one ``Matches`` per level.
 
         Which (level, anchor) pairs a ground truth matches (utils/assign.py): ``assign: ratio`` is YOLOv5's side
         ratio < ``anchor_t``; ``assign: nwd`` the ``assign_topk`` pairs of highest NWD. Each matched pair gives the
         ground truth's own cell and its two nearest neighbours, anchor-major. With ``assign_min_pos: k`` (ratio) a
         ground truth matched nowhere gets its k best pairs by NWD, own cell only, appended after those.
         """
-        if weights is not None:  # carried as a 7th column: one gather per level serves all the columns
-            targets = torch.cat((targets, weights[:, None].to(targets.dtype)), 1)
         h = self.hyp
         nt, na, dev = targets.shape[0], self.na, targets.device
         anchor_idx = torch.arange(na, device=dev).view(na, 1).expand(na, nt)
@@ -205,12 +204,11 @@ class ComputeLoss:
                 a, t = torch.cat((a, ax)), torch.cat((t, tx))
                 gxy, gij = torch.cat((gxy, gxy_x)), torch.cat((gij, gxy_x.long()))
             gi, gj = gij[:, 0].clamp_(0, nx - 1), gij[:, 1].clamp_(0, ny - 1)
-            tt = targets[t]  # (n, 6 or 7) the matched ground truths
+            tt = targets[t]  # (n, 6) the matched ground truths
             b = tt[:, 0].long()
-            cell = ((b * na + a) * ny + gj) * nx + gi  # flat index into (bs, na, ny, nx)
-            levels.append({"n": t.shape[0], "b": b, "a": a, "gj": gj, "gi": gi, "t": t, "cell": cell,
-                           "cls": tt[:, 1].long(), "tbox": torch.cat((gxy - gij, tt[:, 4:6] * grid), 1),
-                           "anchors": self.anchors[i][a], "w": tt[:, 6] if weights is not None else None})
+            levels.append(Matches(b=b, a=a, gj=gj, gi=gi, cell=((b * na + a) * ny + gj) * nx + gi, t=t,
+                                  cls=tt[:, 1].long(), tbox=torch.cat((gxy - gij, tt[:, 4:6] * grid), 1),
+                                  anchors=self.anchors[i][a]))
         return levels
 
     def _nwd_scores(self, targets: torch.Tensor, grids: list[torch.Tensor]) -> torch.Tensor:

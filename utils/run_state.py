@@ -1,17 +1,43 @@
 """A training run's state on disk: last/best/periodic checkpoints each epoch, and what --resume restores.
 
 Checkpoints are written by ``save_checkpoint`` (atomic, fp32), so a run killed at any moment leaves a loadable
-last.pt and resumes bit-exactly from it.
+last.pt and resumes bit-exactly from it. What a checkpoint holds and --resume restores, and nothing else:
+model, EMA (and its update count), optimiser, scheduler, epoch, and in ``extra`` the loop counters of
+:class:`LoopState` and the AMP GradScaler (CUDA). Every epoch's shuffling and augmentation is seeded from
+(seed, epoch) alone, so no random-generator state needs saving.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from utils.checkpoints import save_checkpoint
-from utils.hyp import Hyp
 from utils.torch_utils import de_parallel
+
+if TYPE_CHECKING:
+    from utils.train_run import Run
+
+
+class ResumeError(ValueError):
+    """--resume cannot go on (the run already finished); the message names the run folder."""
+
+
+@dataclass
+class LoopState:
+    """Counters that carry across epochs: saved in every checkpoint and restored by --resume."""
+
+    start_epoch: int = 0  # first epoch this process trains (the checkpoint's epoch + 1 on resume)
+    best_fitness: float = 0.0  # best validation fitness so far (best.pt, early stopping)
+    best_epoch: int = 0  # epoch of best_fitness: early stopping counts its patience from it
+    last_opt_step: int = -1  # iteration (counted over all epochs) of the last optimiser step: accumulation
+    warmup_iters: int = 0  # warmup length in iterations (hyp.warmup_epochs x batches per epoch, at least 100)
+
+    def extra(self) -> dict[str, int]:
+        """The counters a checkpoint's ``extra`` holds (epoch and best_fitness have their own keys)."""
+        return {"last_opt_step": self.last_opt_step, "warmup_iters": self.warmup_iters, "best_epoch": self.best_epoch}
 
 
 def find_resume_checkpoint(resume: str | bool, project: str) -> Path:
@@ -27,31 +53,43 @@ def find_resume_checkpoint(resume: str | bool, project: str) -> Path:
     return candidates[-1]
 
 
-def save_epoch(weights_dir: Path, model, ema, optimizer, scheduler, epoch: int, best_fitness: float, fi: float,
-               hyp: Hyp, opt, names, state: dict) -> None:
-    """last.pt every epoch, best.pt when fitness ties or beats the best, epoch{n}.pt every --save-period."""
-    kw = dict(model=de_parallel(model), ema=ema, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-              best_fitness=best_fitness, hyp=hyp, opt=opt, names=names,  # save_checkpoint makes them plain
-              extra={"last_opt_step": state["last_opt_step"]})
+def check_resumable(ckpt: dict[str, Any]) -> None:
+    """Raise ResumeError when the checkpoint's run already trained its last epoch."""
+    if ckpt["epoch"] + 1 >= ckpt["opt"]["epochs"]:
+        raise ResumeError(f"{ckpt['opt'].get('save_dir')}: training finished at epoch {ckpt['epoch']}, nothing to "
+                          "resume; start a new run with --weights instead")
+
+
+def save_epoch(run: Run, state: LoopState, epoch: int, fi: float) -> None:
+    """last.pt every epoch, best.pt when fitness ``fi`` ties or beats the best, epoch{n}.pt every --save-period."""
+    extra = {**state.extra(), "scaler": run.scaler.state_dict()}  # {} when AMP is off (CPU)
+    kw = dict(model=de_parallel(run.model), ema=run.ema, optimizer=run.optimizer, scheduler=run.scheduler,
+              epoch=epoch, best_fitness=state.best_fitness, hyp=run.hyp, opt=run.opt, names=run.names,
+              extra=extra)  # save_checkpoint makes them plain
+    weights_dir = run.save_dir / "weights"
     save_checkpoint(weights_dir / "last.pt", **kw)
-    if fi >= best_fitness:
+    if fi >= state.best_fitness:
         save_checkpoint(weights_dir / "best.pt", **kw)
-    if opt.save_period > 0 and epoch % opt.save_period == 0:
+    if run.opt.save_period > 0 and epoch % run.opt.save_period == 0:
         save_checkpoint(weights_dir / f"epoch{epoch}.pt", **kw)
 
 
-def restore_training_state(ckpt: dict, model, ema, optimizer, scheduler) -> tuple[int, float]:
-    """Load model, EMA, optimiser and scheduler state from a checkpoint; returns (start_epoch, best_fitness)."""
-    model.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
-    if ema is not None and ckpt.get("ema"):
-        ema.ema.load_state_dict({k: v.float() for k, v in ckpt["ema"].items()})
-        ema.updates = ckpt.get("updates", 0)
+def restore_training_state(ckpt: dict[str, Any], run: Run, state: LoopState) -> LoopState:
+    """Load model, EMA, optimiser, scheduler and GradScaler state from a checkpoint into ``run``; returns the loop
+    counters it saved (``state``'s own values where an older checkpoint lacks them)."""
+    check_resumable(ckpt)
+    de_parallel(run.model).load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
+    if hasattr(run.ema, "ema") and ckpt.get("ema"):
+        run.ema.ema.load_state_dict({k: v.float() for k, v in ckpt["ema"].items()})
+        run.ema.updates = ckpt.get("updates", 0)
     if ckpt.get("optimizer"):
-        optimizer.load_state_dict(ckpt["optimizer"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scheduler"):
-        scheduler.load_state_dict(ckpt["scheduler"])
-    start_epoch = ckpt["epoch"] + 1
-    if start_epoch >= ckpt["opt"]["epochs"]:
-        raise ValueError(f"{ckpt['opt'].get('save_dir')}: training finished at epoch {ckpt['epoch']}, nothing to "
-                         "resume; start a new run with --weights instead")
-    return start_epoch, float(ckpt.get("best_fitness", 0.0))
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+    extra = ckpt.get("extra") or {}
+    if extra.get("scaler") and run.scaler.is_enabled():
+        run.scaler.load_state_dict(extra["scaler"])
+    return LoopState(start_epoch=ckpt["epoch"] + 1, best_fitness=float(ckpt.get("best_fitness") or 0.0),
+                     best_epoch=int(extra.get("best_epoch", ckpt["epoch"])),
+                     last_opt_step=int(extra.get("last_opt_step", -1)),
+                     warmup_iters=int(extra.get("warmup_iters", state.warmup_iters)))

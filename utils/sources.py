@@ -7,8 +7,11 @@ Images are read with OpenCV as HWC uint8 BGR with EXIF orientation applied.
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -51,6 +54,19 @@ def list_image_files(path: str | Path | list, prefix: str = "") -> list[str]:
     if not ims:
         raise DatasetNotFoundError(f"{prefix}no images found in {path} (supported formats: {', '.join(IMG_FORMATS)})")
     return ims
+
+
+def output_stems(files: Iterable[str | Path]) -> dict[str, str]:
+    """{file: the stem its outputs are named after (labels/STEM.txt, STEM.jpg, COCO image id)}.
+
+    A stem shared by several files (``a/x.jpg`` and ``b/x.jpg`` from a .txt list, or ``x.jpg`` beside ``x.png``)
+    would make their outputs overwrite each other: each such file gets ``STEM_<6 hex digits of the sha1 of its
+    absolute path>`` instead, which depends on the file alone, not on the order or the other files. Unique stems
+    are kept unchanged."""
+    files = [str(f) for f in files]
+    counts = Counter(Path(f).stem for f in files)
+    return {f: (Path(f).stem if counts[Path(f).stem] == 1 else
+                f"{Path(f).stem}_{hashlib.sha1(str(Path(f).resolve()).encode()).hexdigest()[:6]}") for f in files}
 
 
 def imread(path: str) -> np.ndarray | None:

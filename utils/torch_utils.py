@@ -264,3 +264,67 @@ class ModelEMA:
                     exclude: tuple | list = ("process_group", "reducer")) -> None:
         """Copy non-tensor attributes such as ``names``, ``nc``, ``hyp`` from ``model`` to the EMA copy."""
         copy_attr(self.ema, model, include, exclude)
+
+
+# --- AutoBatch --------------------------------------------------------------------------------------------------------
+AUTOBATCH_SIZES = (1, 2, 4, 8, 16)  # batch sizes profiled by autobatch
+
+
+def fit_batch_size(sizes: list[int], mem_bytes: list[float], budget_bytes: float) -> int | None:
+    """Largest batch size whose memory fits ``budget_bytes``, from a straight line fitted through the memory
+    ``mem_bytes[i]`` measured at batch ``sizes[i]`` (intercept: the model, slope: one image's activations and
+    gradients). None when the fit is unusable (fewer than 2 points, a slope <= 0, or not even a batch of 1 fits)."""
+    if len(sizes) < 2:
+        return None
+    slope, intercept = np.polyfit(np.asarray(sizes, float), np.asarray(mem_bytes, float), deg=1)
+    if slope <= 1e-9 * max(mem_bytes):  # flat (or falling): no per-image cost measured, nothing to extrapolate
+        return None
+    b = math.floor((budget_bytes - intercept) / slope + 1e-6)  # + 1e-6: an exact fit's 17.999... is 18
+    return b if b >= 1 else None
+
+
+def profile_memory(model: nn.Module, imgsz: int, device: torch.device, sizes: tuple[int, ...] = AUTOBATCH_SIZES,
+                   ) -> tuple[list[int], list[float]]:
+    """Peak CUDA memory (bytes above what was allocated before) of one training step (forward + backward, AMP) of a
+    copy of ``model`` at each batch size of zeros of ``imgsz`` px; stops at the first size that runs out of memory.
+    The model itself and every random generator are left untouched."""
+    m = deepcopy(de_parallel(model)).to(device).train()
+    base = torch.cuda.memory_allocated(device)
+    done, mems = [], []
+    for b in sizes:
+        try:
+            torch.cuda.reset_peak_memory_stats(device)
+            x = torch.zeros(b, 3, imgsz, imgsz, device=device)
+            with torch.autocast("cuda"):
+                y = m(x)
+            sum(yi.float().sum() for yi in (y if isinstance(y, list | tuple) else [y])).backward()
+            mems.append(float(torch.cuda.max_memory_allocated(device) - base))
+            done.append(b)
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            m.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+    del m
+    torch.cuda.empty_cache()
+    return done, mems
+
+
+def autobatch(model: nn.Module, imgsz: int, device: torch.device, fraction: float = 0.6, default: int = 16) -> int:
+    """``--batch-size -1``: the batch size that uses about ``fraction`` of the free CUDA memory (measured with
+    :func:`profile_memory`, fitted with :func:`fit_batch_size`); ``default`` on a CPU/MPS device or when the
+    measurement is unusable, with one line saying why."""
+    if device.type != "cuda":
+        LOGGER.warning(f"AutoBatch: --batch-size -1 needs a CUDA device; training on {device.type} with the default "
+                       f"batch size {default}")
+        return default
+    free, total = torch.cuda.mem_get_info(device)
+    sizes, mems = profile_memory(model, imgsz, device)
+    b = fit_batch_size(sizes, mems, free * fraction)
+    if b is None:
+        LOGGER.warning(f"AutoBatch: could not fit memory {mems} at batch sizes {sizes}; using batch size {default}")
+        return default
+    b = min(b, 1024)
+    LOGGER.info(f"AutoBatch: batch size {b} for {device} at {imgsz} px: {free / 2**30:.1f} of {total / 2**30:.1f} GiB "
+                f"free, using {fraction:.0%} of it")
+    return b

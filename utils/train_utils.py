@@ -1,35 +1,197 @@
-"""Small pure helpers of the training loop: run folders, schedules, warmup, early stopping, weight transfer."""
+"""Small pure helpers of the training loop: run folders and their lock, option checks, schedules, warmup, early
+stopping, weight transfer, the non-finite loss guard and the share of training images skipped as corrupt."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
+import os
 import random
 import re
+import socket
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-LOGGER = logging.getLogger("tinyfocal")
+from utils.cli import UsageError, check_args
+from utils.dataset_yaml import DatasetError
+
+LOGGER = logging.getLogger(__name__)
 NOMINAL_BATCH = 64  # YOLOv5 accumulates gradients up to this batch size and scales weight decay to it
+SKIP_LIMIT = 0.1  # share of a split's images skipped as corrupt above which training stops (--allow-skipped: go on)
+LOCK_NAME = "run.lock"  # in the run folder while a training process writes to it: "<pid> <host>"
+CACHE_MODES = ("ram", "disk")
 
 
+class RunLockError(ValueError):
+    """The run folder is in use by another live training process; the message names the lock file."""
+
+
+# --- run folders ----------------------------------------------------------------------------------------------------
 def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = False) -> Path:
-    """``runs/train/exp`` -> ``runs/train/exp2``, ``exp3``, ... the first that does not exist (or ``path`` itself
-    when it does not exist or ``exist_ok``)."""
+    """``path`` itself when it does not exist (or ``exist_ok``), else the first free numbered sibling.
+
+    The user's name is never changed, only extended (YOLOv5's ``exp`` -> ``exp2``, but with a separator when the
+    name ends in a digit, so its digits stay readable): ``exp`` -> ``exp2``, ``exp3``, ...; ``seed1`` -> ``seed1-2``,
+    ``seed1-3``, ...; ``lr0.01`` -> ``lr0.01-2``.
+    """
     path = Path(path)
     if path.exists() and not exist_ok:
-        stem = re.sub(r"\d+$", "", path.name)
+        sep = "-" if path.name[-1:].isdigit() else ""
         n = 2
-        while (path.parent / f"{stem}{n}").exists():
+        while (path.parent / f"{path.name}{sep}{n}").exists():
             n += 1
-        path = path.parent / f"{stem}{n}"
+        path = path.parent / f"{path.name}{sep}{n}"
     if mkdir:
         path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def _pid_alive(pid: int) -> bool:
+    """True when process ``pid`` runs on this machine (a zombie, killed but not yet reaped, counts as dead).
+    Windows cannot be asked without side effects (signal 0 is CTRL_C_EVENT there): always True."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS, Windows): trust kill(0)
+        return True
+
+
+def lock_holder(folder: str | Path) -> str | None:
+    """Who holds ``folder``'s run lock (``"pid 123"``), or None when there is no lock or it is stale: left by a dead
+    process of this machine, or by this very process. An unreadable lock or one from another host counts as held
+    (its process cannot be checked from here)."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        fields = path.read_text().split()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "an unknown process"
+    if len(fields) != 2 or not fields[0].isdigit():
+        return "an unknown process"
+    pid, host = int(fields[0]), fields[1]
+    if host != socket.gethostname():
+        return f"pid {pid} on host {host}"
+    return f"pid {pid}" if pid != os.getpid() and _pid_alive(pid) else None
+
+
+def check_run_lock(folder: str | Path) -> None:
+    """Raise RunLockError when a live process holds ``folder``'s run lock (checked before any work is done)."""
+    holder = lock_holder(folder)
+    if holder:
+        raise RunLockError(f"{Path(folder) / LOCK_NAME}: the run folder is in use by another training process "
+                           f"({holder}); choose another --name, or delete the lock file if no run uses the folder")
+
+
+def acquire_run_lock(folder: str | Path) -> Path:
+    """Create ``folder/run.lock`` holding this process's pid, atomically (O_EXCL): two runs given the same folder
+    can never both write to it. A stale lock (dead pid) is taken over with a warning. Returns the lock's path;
+    :func:`release_run_lock` removes it. Raises RunLockError when a live process holds it."""
+    path = Path(folder) / LOCK_NAME
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            check_run_lock(folder)
+            LOGGER.warning(f"{path}: taking over the stale lock of a process that is no longer running")
+            # two runs taking over the same stale lock at the same instant could both get here; the retry's O_EXCL
+            # then lets only one of them create the new lock
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        return path
+    check_run_lock(folder)
+    raise RunLockError(f"{path}: could not take the run lock; another run is starting in this folder")
+
+
+def release_run_lock(path: Path | None) -> None:
+    """Remove a lock taken by :func:`acquire_run_lock`, if it still holds this process's pid."""
+    try:
+        mine = path is not None and path.read_text().split()[:1] == [str(os.getpid())]
+    except OSError:
+        return
+    if mine:
+        path.unlink(missing_ok=True)
+
+
+# --- options --------------------------------------------------------------------------------------------------------
+def validate_options(opt: argparse.Namespace) -> None:
+    """Check train.py's options that argparse cannot (ranges, optional values) before any work is done.
+    Raises UsageError naming the flag."""
+    check_args(epochs=(opt.epochs >= 1, f"must be >= 1, got {opt.epochs}"),
+               batch_size=(opt.batch_size >= 1 or opt.batch_size == -1,
+                           f"must be >= 1, or -1 for AutoBatch (CUDA), got {opt.batch_size}"),
+               imgsz=(opt.imgsz >= 1, f"must be >= 1 px, got {opt.imgsz}"),
+               nbs=(getattr(opt, "nbs", NOMINAL_BATCH) >= 1, f"must be >= 1, got {getattr(opt, 'nbs', None)}"),
+               workers=(opt.workers >= 0, f"must be >= 0, got {opt.workers}"),
+               cache=(opt.cache in (None, False, *CACHE_MODES), f"must be 'ram' or 'disk', got {opt.cache!r}"),
+               freeze=(min(opt.freeze, default=0) >= 0, f"layer numbers must be >= 0, got {opt.freeze}"))
+
+
+def check_freeze(freeze: Sequence[int], n_layers: int) -> None:
+    """``--freeze n`` (the first n layers) or ``--freeze i j k`` (those layers) must leave a trainable layer of a
+    model of ``n_layers`` layers. Raises UsageError naming the flag and the model's layer count."""
+    frozen = set(freeze) if len(freeze) > 1 else set(range(freeze[0]))
+    flag = f"--freeze {' '.join(map(str, freeze))}"
+    if any(i >= n_layers for i in frozen):
+        raise UsageError(f"{flag}: the model has {n_layers} layers (0..{n_layers - 1})")
+    if len(frozen) == n_layers:
+        raise UsageError(f"{flag}: freezes all {n_layers} layers of the model, nothing would train")
+
+
+# --- images skipped as corrupt --------------------------------------------------------------------------------------
+_CORRUPT = "ignoring corrupt image/label: "
+_REASONS = (  # (text in a corrupt-pair message, reason counted); the first match wins
+    (".ignore.txt", "bad ignore file"),
+    ("must be a non-negative integer", "class id not an integer >= 0"),
+    ("outside [0, 1]", "coordinates not normalised"),
+    ("zero-size", "zero-size box"),
+    ("columns", "wrong number of columns"),
+    ("not a number", "not a number"),
+    ("NaN or infinite", "NaN or infinite value"),
+    ("not a text file", "label file not text"),
+    ("cannot read", "unreadable label file"),
+    ("image", "unreadable image"),
+)
+
+
+def skip_reason(message: str) -> str:
+    """Short reason of one corrupt-pair message of the label scan (utils/labels.py), e.g. ``class id >= nc=1``."""
+    m = re.search(r"class id \d+ >= (nc=\d+)", message)
+    if m:
+        return f"class id >= {m.group(1)}"
+    return next((reason for key, reason in _REASONS if key in message), "other")
+
+
+def check_skipped(counts: dict[str, int], messages: Sequence[str], source: str, split: str,
+                  limit: float = SKIP_LIMIT) -> None:
+    """Raise DatasetError when more than ``limit`` of a split's images were skipped as corrupt (a data YAML whose
+    class list is too short would otherwise train on a few images and exit 0). One line: the data YAML, the
+    counts and each reason's count."""
+    skipped, total = counts.get("corrupt", 0), counts.get("total", 0)
+    if not total or skipped / total <= limit:
+        return
+    reasons = Counter(skip_reason(m) for m in messages if m.startswith(_CORRUPT))
+    why = ", ".join(f"{r}: {n}" for r, n in reasons.most_common())
+    raise DatasetError(f"{source}: {skipped} of {total} {split} images skipped as corrupt ({why}), more than "
+                       f"{limit:.0%}: fix the labels or the data YAML, or pass --allow-skipped to go on without them")
+
+
+# --- schedules --------------------------------------------------------------------------------------------------------
 def lr_factor(epoch: float, epochs: int, lrf: float, cos: bool = False) -> float:
     """Learning-rate multiplier at ``epoch``: 1 at the start, ``lrf`` at the end.
 
@@ -52,9 +214,9 @@ def warmup_values(ni: int, nw: int, epoch_lr: list[float], warmup_bias_lr: float
     return lrs, float(np.interp(ni, xi, [warmup_momentum, momentum]))
 
 
-def warmup_accumulate(ni: int, nw: int, batch_size: int) -> int:
-    """Gradient-accumulation steps at iteration ``ni``: grows from 1 to NOMINAL_BATCH / batch_size over warmup."""
-    return max(1, int(np.interp(ni, [0, nw], [1, NOMINAL_BATCH / batch_size]).round()))
+def warmup_accumulate(ni: int, nw: int, batch_size: int, nbs: int = NOMINAL_BATCH) -> int:
+    """Gradient-accumulation steps at iteration ``ni``: grows from 1 to nbs / batch_size over warmup."""
+    return max(1, int(np.interp(ni, [0, nw], [1, nbs / batch_size]).round()))
 
 
 class EarlyStopping:

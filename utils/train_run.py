@@ -1,0 +1,234 @@
+"""The objects of one training run (:class:`Run`) and the builders train.py composes them with: data loaders, the
+optimiser and its schedule, DDP set-up, the run folder (created last, locked) and its first files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from utils.atomic import atomic_write_text
+from utils.autoanchor import check_anchors, save_anchor_report
+from utils.dataloaders import LoadImagesAndLabels, create_dataloader
+from utils.hyp import Hyp
+from utils.loggers import RunLogger
+from utils.loss import LOSS_NAMES, ComputeLoss
+from utils.plots import plot_labels, plot_results
+from utils.torch_utils import ModelEMA, init_seeds, smart_optimizer
+from utils.train_utils import (
+    NOMINAL_BATCH,
+    EarlyStopping,
+    NonFiniteGuard,
+    acquire_run_lock,
+    check_skipped,
+    increment_path,
+    lr_factor,
+    warmup_accumulate,
+    warmup_values,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+
+class NoEMA:
+    """Stands in for ModelEMA on DDP ranks other than 0: they update nothing and never save."""
+
+    def update(self, model: nn.Module) -> None:
+        pass
+
+
+@dataclass
+class Run:
+    """Everything one training run is made of, built once before the first epoch (train.build_run)."""
+
+    opt: argparse.Namespace  # the command line (on --resume: the run's own, saved in its checkpoint)
+    hyp: Hyp  # validated hyperparameters (after --tfl auto), saved as hyp.yaml
+    data: dict[str, Any]  # the checked data YAML (utils.dataset_yaml.check_dataset)
+    names: dict[int, str]  # class names the model predicts ({0: 'item'} with --single-cls on multi-class data)
+    device: torch.device
+    rank: int  # DDP rank, -1 without DDP
+    local_rank: int  # DDP rank on this machine, -1 without DDP
+    world_size: int  # DDP processes, 1 without DDP
+    save_dir: Path  # the run folder (only rank -1/0 writes to it)
+    imgsz: int  # train and val image size, input px (a multiple of the largest stride)
+    batch_size: int  # images per batch per process (--batch-size / world_size)
+    model: nn.Module  # DetectionModel, DDP-wrapped under DDP
+    train_loader: DataLoader
+    dataset: LoadImagesAndLabels  # the training set
+    val_loader: DataLoader | None  # rank -1/0 only
+    loss_fn: ComputeLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler  # AMP loss scaling, enabled on CUDA only
+    ema: ModelEMA | NoEMA
+    guard: NonFiniteGuard  # skips non-finite losses, stops after too many in a row
+    stopper: EarlyStopping
+    logger: RunLogger | None  # results.csv + TensorBoard, rank -1/0 only
+    lock: Path | None = None  # the run folder's lock file, removed when the run ends
+
+    @property
+    def main_process(self) -> bool:
+        return self.rank in (-1, 0)
+
+
+def build_loaders(opt: argparse.Namespace, data: dict, hyp: Hyp, imgsz: int, stride: int, batch_size: int,
+                  local_rank: int, main_process: bool) -> tuple[DataLoader, LoadImagesAndLabels, DataLoader | None]:
+    """(train loader, train set, val loader or None off rank 0). Labels are checked against the data YAML's
+    classes and then, with --single-cls, collapsed to class 0. Raises DatasetError when more than
+    ``SKIP_LIMIT`` of a split's images are corrupt, unless --allow-skipped."""
+    kw = dict(single_cls=opt.single_cls, hyp=hyp, cache=opt.cache, workers=opt.workers, nc=data["nc"])
+    train_loader, dataset = create_dataloader(data["train"], imgsz, batch_size, stride, augment=True, rect=opt.rect,
+                                              rank=local_rank, prefix="train: ", shuffle=True, seed=opt.seed, **kw)
+    val_loader = None
+    if main_process:
+        val_loader = create_dataloader(data["val"], imgsz, batch_size * 2, stride, rect=True, rank=-1, pad=0.5,
+                                       prefix="val: ", **kw)[0]
+    if not opt.allow_skipped:
+        source = str(data.get("yaml_file") or opt.data)
+        for split, ds in (("train", dataset), ("val", val_loader.dataset if val_loader else None)):
+            if ds is not None:
+                check_skipped(ds.counts, ds.messages, source, split)
+    return train_loader, dataset, val_loader
+
+
+def create_run_dir(opt: argparse.Namespace) -> tuple[Path, Path]:
+    """Create the run folder (``--project/--name``, numbered unless --exist-ok or --resume) with ``weights/``, and
+    take its lock; returns (folder, lock). Called only once every input is known usable."""
+    if opt.resume:
+        save_dir = Path(opt.save_dir)
+    else:
+        save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
+        opt.save_dir = str(save_dir)
+    (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+    return save_dir, acquire_run_lock(save_dir)
+
+
+def start_run_files(save_dir: Path, opt, hyp: Hyp, dataset, names: dict, model: nn.Module, imgsz: int) -> None:
+    """hyp.yaml and opt.yaml; on a new run also labels.jpg and AutoAnchor (which may change the model's anchors)."""
+    atomic_write_text(save_dir / "hyp.yaml", yaml.safe_dump(hyp.to_dict(), sort_keys=False))
+    atomic_write_text(save_dir / "opt.yaml", yaml.safe_dump(plain(vars(opt)), sort_keys=False))
+    if opt.resume:
+        return
+    if not opt.noplots:
+        labels = np.concatenate([lb for lb in dataset.labels if len(lb)] or [np.zeros((0, 5))])
+        plot_labels(labels, names, save_dir, tiny_area=hyp.tfl_s, imgsz=imgsz)
+    if not opt.noautoanchor:
+        save_anchor_report(check_anchors(dataset, model, thr=hyp.anchor_t, imgsz=imgsz), save_dir)
+
+
+def build_optimizer(model: nn.Module, opt, hyp: Hyp):
+    """YOLOv5's optimiser (weight decay scaled to the nominal batch of 64) and its linear or cosine schedule."""
+    nbs = nominal_batch(opt)
+    accumulate = max(round(nbs / opt.batch_size), 1)
+    decay = hyp.weight_decay * opt.batch_size * accumulate / nbs
+    optimizer = smart_optimizer(model, opt.optimizer, hyp.lr0, hyp.momentum, decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, opt.epochs, hyp.lrf, opt.cos_lr))
+    return optimizer, scheduler
+
+
+def setup_ddp(device: torch.device, local_rank: int) -> torch.device:
+    """Initialise the process group (nccl on CUDA, gloo on CPU) and return this process's device."""
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    backend = "nccl" if device.type == "cuda" and torch.distributed.is_nccl_available() else "gloo"
+    torch.distributed.init_process_group(backend=backend)
+    return device
+
+
+def ddp_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's environment; (-1, -1, 1) without DDP."""
+    return int(os.getenv("RANK", -1)), int(os.getenv("LOCAL_RANK", -1)), int(os.getenv("WORLD_SIZE", 1))
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed for one epoch's shuffling and augmentation: a resumed run replays exactly the same epochs."""
+    return (seed + 1) * 100_003 + epoch * 1_009 + max(rank, 0)
+
+
+def nominal_batch(opt) -> int:
+    """``--nbs``: gradients accumulate up to this batch and weight decay is scaled to it (YOLOv5's fixed 64; runs
+    saved before the flag existed resume with 64)."""
+    return int(getattr(opt, "nbs", None) or NOMINAL_BATCH)
+
+
+def set_warmup(optimizer: torch.optim.Optimizer, ni: int, nw: int, epoch: int, opt, hyp: Hyp) -> int:
+    """Apply warmup learning rates and momentum at iteration ``ni``; returns the accumulation steps."""
+    if ni > nw:
+        return max(round(nominal_batch(opt) / opt.batch_size), 1)
+    f = lr_factor(epoch, opt.epochs, hyp.lrf, opt.cos_lr)
+    lrs, momentum = warmup_values(ni, nw, [g["initial_lr"] * f for g in optimizer.param_groups],
+                                  hyp.warmup_bias_lr, hyp.warmup_momentum, hyp.momentum)
+    for g, lr in zip(optimizer.param_groups, lrs):
+        g["lr"] = lr
+        if "momentum" in g:
+            g["momentum"] = momentum
+        elif "betas" in g:
+            g["betas"] = (momentum, g["betas"][1])
+    return warmup_accumulate(ni, nw, opt.batch_size, nominal_batch(opt))
+
+
+def all_ranks_stop(run: Run, stop: bool) -> bool:
+    """Early stopping decided on rank 0, shared with every DDP process so that all of them leave the loop."""
+    if run.world_size > 1:
+        flag = [stop]
+        torch.distributed.broadcast_object_list(flag, 0)
+        stop = flag[0]
+    return stop
+
+
+def finish(run: Run, epochs_done: int, t0: float) -> None:
+    """Close the logger, plot results.csv, say where everything is."""
+    run.logger.close()
+    if not run.opt.noplots:
+        plot_results(run.save_dir / "results.csv")
+    LOGGER.info(f"{epochs_done} epochs completed in {(time.time() - t0) / 3600:.3f} hours. "
+                f"Results saved to {run.save_dir}")
+
+
+def seed_epoch(loader, dataset, seed: int, epoch: int) -> None:
+    """Make an epoch's order and augmentation a function of (seed, epoch) only, so resuming replays it."""
+    init_seeds(seed)
+    if getattr(loader, "generator", None) is not None:
+        loader.generator.manual_seed(seed)
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    dataset.reseed(seed)
+
+
+def epoch_row(mloss: torch.Tensor, results: dict, optimizer) -> dict[str, float]:
+    """One results.csv row: mean train losses, validation metrics (with size buckets) and learning rates."""
+    row = {f"train/{n}_loss": float(v) for n, v in zip(LOSS_NAMES, mloss.tolist())}
+    row.update({k: float(v) for k, v in results.items() if isinstance(v, int | float)})
+    for bucket, m in results.get("size_buckets", {}).items():  # e.g. metrics/tiny/recall, for TensorBoard too
+        row.update({f"metrics/{bucket}/{k}": float(m[k]) for k in ("p", "r", "map50", "map50_95")})
+    row.update({f"x/lr{j}": g["lr"] for j, g in enumerate(optimizer.param_groups)})
+    return row
+
+
+def plain(d: dict) -> dict:
+    """A dict of YAML/JSON-safe values (Paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+def interrupted_message(save_dir: str | None) -> str:
+    """One line after Ctrl-C: where last.pt is and the exact command that resumes the run."""
+    if not save_dir:
+        return "train.py: interrupted before the run folder was created; nothing to resume"
+    last = Path(save_dir) / "weights" / "last.pt"
+    if not last.is_file():
+        return f"train.py: interrupted before the first checkpoint was saved in {save_dir}; nothing to resume"
+    return (f"train.py: interrupted; last checkpoint {last}; resume with: python train.py --resume "
+            f"{shlex.quote(str(last))}")
