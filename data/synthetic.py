@@ -167,6 +167,24 @@ def _write_split(root: Path, p: SyntheticParams, split: str, count: int) -> None
         (lb_dir / f"{i:06d}.txt").write_text(rows)
 
 
+def up_to_date(root: Path, marker_name: str, params: dict, splits) -> bool:
+    """True when ``root/marker_name`` records exactly ``params``; otherwise remove the marker, the splits' images,
+    labels and label caches (nothing else under ``root``) so that the caller regenerates them."""
+    marker = root / marker_name
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == params:
+                return True
+        except json.JSONDecodeError:
+            pass
+    marker.unlink(missing_ok=True)
+    for split in splits:
+        for sub in ("images", "labels"):
+            shutil.rmtree(root / sub / split, ignore_errors=True)
+        (root / "labels" / f"{split}.cache").unlink(missing_ok=True)
+    return False
+
+
 def generate(root: str | Path = DEFAULT_ROOT, n_train: int = 400, n_val: int = 100, imgsz: int = 256, seed: int = 0,
              **kwargs) -> Path:
     """Generate the dataset under ``root`` unless the marker says it already exists with these parameters.
@@ -178,21 +196,11 @@ def generate(root: str | Path = DEFAULT_ROOT, n_train: int = 400, n_val: int = 1
     if p.imgsz < 32 or p.min_side < 1 or (p.max_side and p.max_side < p.min_side) or p.min_objects > p.max_objects:
         raise ValueError(f"invalid synthetic dataset parameters: {p}")
     root = Path(root)
-    marker = root / MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == asdict(p):
-                return root
-        except json.JSONDecodeError:
-            pass
-    marker.unlink(missing_ok=True)
-    for split in SPLIT_IDS:
-        for sub in ("images", "labels"):
-            shutil.rmtree(root / sub / split, ignore_errors=True)
-        (root / "labels" / f"{split}.cache").unlink(missing_ok=True)
+    if up_to_date(root, MARKER, asdict(p), SPLIT_IDS):
+        return root
     _write_split(root, p, "train", p.n_train)
     _write_split(root, p, "val", p.n_val)
-    marker.write_text(json.dumps(asdict(p), indent=1))  # written last: an interrupted run is redone
+    (root / MARKER).write_text(json.dumps(asdict(p), indent=1))  # written last: an interrupted run is redone
     return root
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -35,8 +34,10 @@ import numpy as np
 
 try:
     from data import aerial_scene as scene
+    from data.synthetic import up_to_date
 except ImportError:  # run as a script (python data/synthetic_aerial.py): data/ is on sys.path, not ROOT
     import aerial_scene as scene
+    from synthetic import up_to_date
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = ROOT / "datasets" / "synthetic-aerial"
@@ -343,21 +344,11 @@ def generate(root: str | Path = DEFAULT_ROOT, params: AerialParams | None = None
     p = replace(params or AerialParams(), **overrides)
     check_params(p)
     root = Path(root)
-    marker = root / MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == asdict(p):
-                return root
-        except json.JSONDecodeError:
-            pass
-    marker.unlink(missing_ok=True)
-    for split in SPLIT_IDS:
-        for sub in ("images", "labels"):
-            shutil.rmtree(root / sub / split, ignore_errors=True)
-        (root / "labels" / f"{split}.cache").unlink(missing_ok=True)
+    if up_to_date(root, MARKER, asdict(p), SPLIT_IDS):
+        return root
     for split, count in (("train", p.n_train), ("val", p.n_val), ("test", p.n_test)):
         _write_split(root, p, split, count)
-    marker.write_text(json.dumps(asdict(p), indent=1))  # written last: an interrupted run is redone
+    (root / MARKER).write_text(json.dumps(asdict(p), indent=1))  # written last: an interrupted run is redone
     return root
 
 
