@@ -154,12 +154,18 @@ def make_image(p: SyntheticParams, split: str, index: int) -> tuple[np.ndarray, 
 
 
 def _write_split(root: Path, p: SyntheticParams, split: str, count: int) -> None:
+    write_split(root, split, count, lambda i: make_image(p, split, i), p.jpeg_quality)
+
+
+def write_split(root: Path, split: str, count: int, make, jpeg_quality: int) -> None:
+    """Write ``count`` images ``make(i) -> (BGR uint8 image, (k, 5) [cls, x, y, w, h] normalised)`` as
+    ``root/images/<split>/<i>.jpg`` and their YOLO label files."""
     im_dir, lb_dir = root / "images" / split, root / "labels" / split
     im_dir.mkdir(parents=True, exist_ok=True)
     lb_dir.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        im, labels = make_image(p, split, i)
-        ok, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, p.jpeg_quality])
+        im, labels = make(i)
+        ok, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for {split} image {i}")
         (im_dir / f"{i:06d}.jpg").write_bytes(buf.tobytes())

@@ -34,10 +34,10 @@ import numpy as np
 
 try:
     from data import aerial_scene as scene
-    from data.synthetic import up_to_date
+    from data.synthetic import up_to_date, write_split
 except ImportError:  # run as a script (python data/synthetic_aerial.py): data/ is on sys.path, not ROOT
     import aerial_scene as scene
-    from synthetic import up_to_date
+    from synthetic import up_to_date, write_split
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = ROOT / "datasets" / "synthetic-aerial"
@@ -305,17 +305,7 @@ def make_image(p: AerialParams, split: str, index: int) -> tuple[np.ndarray, np.
 
 
 def _write_split(root: Path, p: AerialParams, split: str, count: int) -> None:
-    im_dir, lb_dir = root / "images" / split, root / "labels" / split
-    im_dir.mkdir(parents=True, exist_ok=True)
-    lb_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        im, labels = make_image(p, split, i)
-        ok, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, p.jpeg_quality])
-        if not ok:
-            raise RuntimeError(f"JPEG encoding failed for {split} image {i}")
-        (im_dir / f"{i:06d}.jpg").write_bytes(buf.tobytes())
-        rows = "".join(f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in labels)
-        (lb_dir / f"{i:06d}.txt").write_text(rows)
+    write_split(root, split, count, lambda i: make_image(p, split, i), p.jpeg_quality)
 
 
 def check_params(p: AerialParams) -> None:
