@@ -74,9 +74,18 @@ def test_train_writes_every_artefact_and_resume_is_exact(tiny_data, tmp_path, mo
             torch.testing.assert_close(b[key][k], v, rtol=1e-5, atol=1e-6, msg=f"{key}.{k}")
 
 
+def _free_port() -> int:
+    """A TCP port free right now (a fixed port fails when another run, e.g. a parallel CI job, still holds it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_two_cpu_processes(tiny_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            str(ROOT / "train.py"), "--data", str(tiny_data), "--imgsz", "64", "--epochs", "1", "--batch-size", "8",
            "--workers", "0", "--device", "cpu", "--project", str(tmp_path), "--name", "ddp", "--noplots"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
