@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from utils.downloads import DownloadError, download_file
+
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")
 GENERATORS = {"synthetic": "data.synthetic", "synthetic-aerial": "data.synthetic_aerial"}  # download: -> module
@@ -136,19 +138,6 @@ def download_zip(url: str, dest: Path, timeout: float = 60) -> None:
             Path(tmp.name).unlink(missing_ok=True)
 
 
-def download_file(url: str, dest: Path, timeout: float = 60) -> None:
-    """Download ``url`` to the file ``dest`` through a temporary file in the same folder, renamed when complete."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent, delete=False) as tmp:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as r:
-                shutil.copyfileobj(r, tmp)
-            tmp.close()
-            Path(tmp.name).replace(dest)
-        finally:
-            Path(tmp.name).unlink(missing_ok=True)
-
-
 CONVERT_KEYS = ("urls", "converter", "options", "source", "manual")
 
 
@@ -193,8 +182,9 @@ def _fetch_and_convert(name: str, urls: list[str], source: Path, root: Path, opt
             continue
         print(f"Downloading {url} to {source} ...")
         try:
-            download_file(url, f)
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            source.mkdir(parents=True, exist_ok=True)
+            download_file(url, f)  # retries, size check, never a partial file under the final name
+        except (DownloadError, urllib.error.URLError, OSError, TimeoutError) as e:
             raise DatasetError(f"{src}: dataset download failed: could not fetch {url} ({e}).{manual} Put the "
                                f"original files into {source} and run again") from None
     if not source.is_dir() or not any(source.iterdir()):
@@ -279,4 +269,4 @@ def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict[st
     return d
 
 
-__all__ = ["DatasetError", "check_dataset", "download_file", "download_zip", "source_exists", "ROOT"]
+__all__ = ["DatasetError", "check_dataset", "download_zip", "source_exists", "ROOT"]
