@@ -4,6 +4,7 @@ Usage:
     python val.py --weights runs/train/exp/weights/best.pt --data data/synthetic-tiny.yaml   # at the trained size
     python val.py --weights best.pt --data coco128.yaml --size-buckets coco --save-json
     python val.py --weights best.pt --size-buckets 0 64 256 1024 inf     # explicit area edges (px²)
+    python val.py --weights best.pt --task study --study-sizes 320 640 960 1280   # mAP (and tiny mAP) vs --imgsz
 
 Size buckets are measured in ORIGINAL-image pixels (the image on disk), like COCO's small/medium/large; the
 default tiny/big split is at the TFL area S (1024 px², or the run's ``tfl_s``). TFL itself weighs objects by their
@@ -18,11 +19,14 @@ stderr and exit status 1; nothing is created under ``--project`` until the input
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +48,14 @@ from utils.inference import default_imgsz, load_backend, warn_far_from_trained  
 from utils.labels import require_labels  # noqa: E402
 from utils.metrics import ConfusionMatrix, match_predictions, mean_results, pr_curves  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
-from utils.plots import plot_confusion_matrix, plot_images, plot_metric_curves  # noqa: E402
+from utils.plots import plot_confusion_matrix, plot_images, plot_metric_curves, plot_val_study  # noqa: E402
 from utils.size_metrics import SizeBucketStats, format_size_table, size_buckets  # noqa: E402
 from utils.sources import output_stems  # noqa: E402
 from utils.train_utils import increment_path  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
 IOUV = torch.linspace(0.5, 0.95, 10)  # IoU thresholds of mAP@.5:.95
+STUDY_SIZES = tuple(range(256, 1536 + 128, 128))  # --task study: YOLOv5's sizes (input px)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -63,7 +68,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf-thres", type=float, default=0.001)
     p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=300)
-    p.add_argument("--task", default="val", choices=["val", "test", "speed"])
+    p.add_argument("--task", default="val", choices=["val", "test", "speed", "study"],
+                   help="study: validate at each --study-sizes, write study.csv and study.png")
+    p.add_argument("--study-sizes", nargs="+", type=int, default=list(STUDY_SIZES),
+                   help="--task study: inference sizes (input px); default 256 384 ... 1536")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
@@ -184,8 +192,8 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
         ds = dataloader.dataset
         require_labels(ds.labels, ds.label_files, data[split], prefix=f"{split}: ")
     stems = output_stems(getattr(getattr(dataloader, "dataset", None), "im_files", ()))
-    if save_dir is None:
-        save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok) if save_dir is None else Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
     if save_txt:
         (save_dir / "labels").mkdir(parents=True, exist_ok=True)
     if training:
@@ -337,17 +345,62 @@ def _json_safe(x):
     return x
 
 
+def study(sizes: Sequence[int] = STUDY_SIZES, project: str | Path = ROOT / "runs/val", name: str = "exp",
+          exist_ok: bool = False, **kw) -> list[dict]:
+    """``--task study``: validate on the 'val' split at each inference size in ``sizes`` (input px), as :func:`run`
+    with ``kw``, to choose ``--imgsz`` (tiny objects usually gain from a larger input, at a cost in time).
+
+    Returns one row per size: ``imgsz``, ``precision``, ``recall``, ``map50``, ``map50_95``, ``map50_<bucket>`` for
+    each size bucket (original px², so the same objects at every size) and ``ms_per_image`` (pre-process +
+    inference + NMS). Writes ``study.csv`` (those columns), ``study.png`` (mAP@.5, mAP@.5:.95 and the first,
+    smallest bucket's mAP@.5 against the size) and ``imgsz<N>/metrics.json`` under project/name, created once the
+    first size's inputs are known usable; prints a table. Raises what :func:`run` raises.
+    """
+    check_args(study_sizes=(len(sizes) > 0 and min(sizes) >= 1, f"must be sizes >= 1 px, got {list(sizes)}"))
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
+    rows = []
+    for s in sizes:
+        r = run(**{**kw, "task": "val", "plots": False}, imgsz=s, save_dir=save_dir / f"imgsz{s}")
+        rows.append({"imgsz": s, "precision": r["metrics/precision"], "recall": r["metrics/recall"],
+                     "map50": r["metrics/mAP_0.5"], "map50_95": r["metrics/mAP_0.5:0.95"],
+                     **{f"map50_{b}": m["map50"] for b, m in r["size_buckets"].items()},
+                     "ms_per_image": sum(r["speed_ms"].values())})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)  # floats as repr: they read back exactly
+    atomic_write_text(save_dir / "study.csv", buf.getvalue())
+    tiny = next(iter(r["size_buckets"]))  # the first bucket holds the smallest objects
+    plot_val_study(sizes, {"mAP@.5": [r["map50"] for r in rows], "mAP@.5:.95": [r["map50_95"] for r in rows],
+                           f"mAP@.5 {tiny}": [r[f"map50_{tiny}"] for r in rows]}, [r["ms_per_image"] for r in rows],
+                   save_dir / "study.png")
+    cols = list(rows[0])
+    LOGGER.info("\n".join([f"Study on {kw.get('data')} ({len(sizes)} sizes):", "".join(f"{c:>14}" for c in cols)]
+                          + ["".join(f"{r[c]:>14.4g}" for c in cols) for r in rows] + [f"Results saved to {save_dir}"]))
+    return rows
+
+
 def run_kwargs(opt: argparse.Namespace) -> dict:
-    """Parsed command line -> keyword arguments of :func:`run`."""
+    """Parsed command line -> keyword arguments of :func:`run` (``--study-sizes`` is :func:`study`'s)."""
     kw = vars(opt).copy()
+    kw.pop("study_sizes", None)
     kw["size_buckets_spec"] = bucket_spec(kw.pop("size_buckets"))
     kw["slice_size"] = kw.pop("slice")
     return kw
 
 
+def _main(opt: argparse.Namespace) -> None:
+    kw = run_kwargs(opt)
+    if kw["task"] == "study":  # the sizes replace --imgsz
+        kw.pop("imgsz")
+        study(opt.study_sizes, **kw)
+    else:
+        run(**kw)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: 0 on success, 1 after printing a user error as one line on stderr."""
-    return run_main("val.py", lambda: run(**run_kwargs(get_args_parser().parse_args(argv))))
+    return run_main("val.py", lambda: _main(get_args_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Every figure of the project: batch mosaics (``plot_images``), label statistics (``plot_labels``), training
 curves (``plot_results``), validation curves and the confusion matrix (``plot_metric_curves``,
-``plot_confusion_matrix``), and the Tiny Focal Loss weight (``plot_tfl_curves``, ``plot_tfl_auto``).
+``plot_confusion_matrix``), the Tiny Focal Loss weight (``plot_tfl_curves``, ``plot_tfl_auto``) and mAP against
+the inference size (``plot_val_study``).
 
 Each figure is a matplotlib ``Figure`` on its own Agg canvas (``new_figure``), written by ``save_figure`` at one
 resolution (``DPI``): no pyplot, so no global figure registry and no backend switch; importing or calling this
@@ -331,6 +332,24 @@ def plot_tfl_auto(areas_px2: np.ndarray, hyp: Hyp, save_path: str | Path) -> Pat
     return save_figure(fig, save_path)
 
 
+def plot_val_study(imgsz: Sequence[int], curves: dict[str, Sequence[float]], ms_per_image: Sequence[float],
+                   path: str | Path) -> Path:
+    """``val.py --task study``: each of ``curves`` ({label: one mAP per size}, e.g. mAP@.5, mAP@.5:.95 and the tiny
+    bucket's mAP@.5) against the inference size ``imgsz`` (input px) on the left, and the time per image (ms) on
+    the right. NaN values (a bucket without objects) leave gaps. Returns the file path."""
+    fig, (ax, ax2) = new_figure((10, 4), 1, 2)
+    for label, y in curves.items():
+        ax.plot(imgsz, y, marker=".", ms=8, lw=1.5, label=label)
+    ax.set(xlabel="--imgsz (input px)", ylabel="mAP", ylim=(0, None), title="accuracy vs inference size")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    ax2.plot(imgsz, ms_per_image, marker=".", ms=8, lw=1.5, color="tab:grey")
+    ax2.set(xlabel="--imgsz (input px)", ylabel="ms per image (pre-process + inference + NMS)", ylim=(0, None),
+            title="time vs inference size")
+    ax2.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
 __all__ = ["DPI", "PALETTE", "color", "new_figure", "plot_confusion_matrix", "plot_images", "plot_labels",
            "plot_mc_curve", "plot_metric_curves", "plot_pr_curve", "plot_results", "plot_tfl_auto",
-           "plot_tfl_curves", "save_figure"]
+           "plot_tfl_curves", "plot_val_study", "save_figure"]

@@ -1,5 +1,5 @@
 """Where images come from: file discovery (folders, .txt lists, globs), reading, and ``LoadImages``, the image and
-video source of detect.py.
+video source of detect.py (streams, cameras and image URLs: utils/streams.py).
 
 Images are read with OpenCV as HWC uint8 BGR with EXIF orientation applied.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -83,12 +84,27 @@ def imread(path: str) -> np.ndarray | None:
         return None
 
 
+def prepare_image(im0: np.ndarray, img_size: int, stride: int, auto: bool) -> np.ndarray:
+    """(h0, w0, 3) BGR original pixels -> (3, H, W) uint8 RGB letterboxed to ``img_size`` input px (the network's
+    input before scaling to [0, 1]); ``auto``: minimal padding to a multiple of ``stride``."""
+    im = letterbox(im0, img_size, stride=stride, auto=auto)[0]
+    return np.ascontiguousarray(im.transpose((2, 0, 1))[::-1])
+
+
+def video_fps(cap: cv2.VideoCapture, vid_stride: int = 1) -> float:
+    """Frames per second of every ``vid_stride``-th frame of ``cap``, for writing results at the source's speed;
+    30 / ``vid_stride`` when the source reports none or a nonsense rate (some RTSP servers report 90000)."""
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    return (fps if math.isfinite(fps) and 0 < fps < 1000 else 30.0) / vid_stride
+
 
 class LoadImages:
     """Images and videos for inference: files, folders, globs, .txt lists (as ``list_image_files``) and videos.
 
     Iterating yields (path, im (3, H, W) uint8 RGB letterboxed numpy array, im0 (h0, w0, 3) BGR original pixels,
-    cv2.VideoCapture or None, description string). Unreadable images are reported (warning) and skipped.
+    cv2.VideoCapture or None, description string). Unreadable images are reported (warning) and skipped. Videos
+    give every ``vid_stride``-th frame (frames N, 2N, ... numbered 1, 2, ... in ``frame``); ``fps`` is their rate
+    (source fps / ``vid_stride``), for writing results at the source's speed.
     """
 
     def __init__(self, path: str | Path | list, img_size: int = 640, stride: int = 32, auto: bool = True,
@@ -116,7 +132,7 @@ class LoadImages:
         self.files, self.video_flag = images + videos, [False] * len(images) + [True] * len(videos)
         self.nf, self.img_size, self.stride, self.auto, self.vid_stride = len(self.files), img_size, stride, auto, \
             vid_stride
-        self.cap, self.frame, self.frames = None, 0, 0
+        self.cap, self.frame, self.frames, self.fps = None, 0, 0, 30.0
 
     def __len__(self) -> int:
         return self.nf
@@ -129,6 +145,7 @@ class LoadImages:
         self.cap = cv2.VideoCapture(path)
         self.frame = 0
         self.frames = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) / self.vid_stride)
+        self.fps = video_fps(self.cap, self.vid_stride)
 
     def __next__(self):
         while self.count < self.nf:
@@ -154,7 +171,5 @@ class LoadImages:
                     LOGGER.warning(f"image could not be read, skipped: {path}")
                     continue
                 s = f"image {self.count}/{self.nf} {path}: "
-            im = letterbox(im0, self.img_size, stride=self.stride, auto=self.auto)[0]
-            im = np.ascontiguousarray(im.transpose((2, 0, 1))[::-1])
-            return path, im, im0, self.cap, s
+            return path, prepare_image(im0, self.img_size, self.stride, self.auto), im0, self.cap, s
         raise StopIteration
