@@ -106,7 +106,8 @@ def run_state(run_dir: Path, config: dict[str, Any]) -> tuple[str, str]:
         ck = load_checkpoint(last)
     except CheckpointError as e:
         return "fresh", f"unreadable last.pt ({e})"
-    if ck["epoch"] + 1 >= int(ck["opt"]["epochs"]) and (run_dir / "metrics.json").is_file():
+    finished = ck["epoch"] < 0 or ck["epoch"] + 1 >= int(ck["opt"]["epochs"])  # -1: stripped at the run's end
+    if finished and (run_dir / "metrics.json").is_file():
         return "done", "all epochs finished (status not recorded)"
     return "resume", f"interrupted after epoch {ck['epoch']}"
 

@@ -129,3 +129,31 @@ def test_bad_input(tmp_path):
     (tmp_path / "bad" / "results.csv").write_text("epoch,a\n0,x\n")
     with pytest.raises(ValueError, match=r"results.csv: line 2"):
         RunLogger(tmp_path / "bad", tensorboard=False)
+
+
+@pytest.mark.slow
+def test_default_training_run_logs_every_results_column_to_tensorboard(tmp_path, caplog):
+    """``train.py`` with default flags (tensorboard installed, as requirements.txt asks): an event file in the run
+    folder whose scalars are results.csv's columns (losses, metrics with the tiny/big buckets, learning rates) at
+    step = epoch, each equal to the CSV value as float32."""
+    import train
+    from tests.helpers import tiny_dataset
+
+    data = tiny_dataset(tmp_path, n_train=8, n_val=4, imgsz=64)
+    argv = ["--data", str(data), "--imgsz", "64", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+            "--noplots", "--noautoanchor", "--project", str(tmp_path / "runs"), "--name", "exp"]
+    with caplog.at_level(logging.INFO):
+        run = tmp_path / "runs" / "exp"
+        assert train.train(train.get_args_parser().parse_args(argv))["save_dir"] == str(run)
+    assert "TensorBoard: start with 'tensorboard --logdir" in caplog.text and "not installed" not in caplog.text
+    assert len(list(run.glob("events.out.tfevents*"))) == 1
+    keys, rows = read_results_csv(run / "results.csv")
+    for k in ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
+              "metrics/tiny/r", "metrics/tiny/map50", "metrics/big/p", "metrics/big/map50_95", "x/lr0", "x/lr2"):
+        assert k in keys, k
+    ea = _events(run)
+    assert set(keys) <= set(ea.Tags()["scalars"])
+    for k in keys:
+        (ev,) = ea.Scalars(k)
+        want = np.float32(rows[0][k])
+        assert ev.step == 0 and (ev.value == want or (np.isnan(want) and np.isnan(ev.value))), (k, ev.value, want)

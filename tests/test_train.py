@@ -31,7 +31,7 @@ def args(data: Path, project: Path, name: str, *extra: str):
 
 
 def test_train_writes_every_artefact_and_resume_is_exact(tiny_data, tmp_path, monkeypatch):
-    full = train.train(args(tiny_data, tmp_path, "full", "--hyp", "hyp.tfl.yaml"))
+    full = train.train(args(tiny_data, tmp_path, "full", "--hyp", "hyp.tfl.yaml", "--keep-optimizer"))
     run = Path(full["save_dir"])
     rows = (run / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and "metrics/mAP_0.5" in rows[0]
@@ -61,7 +61,7 @@ def test_train_writes_every_artefact_and_resume_is_exact(tiny_data, tmp_path, mo
 
     monkeypatch.setattr(train, "save_epoch", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        train.train(args(tiny_data, tmp_path, "crash", "--hyp", "hyp.tfl.yaml"))
+        train.train(args(tiny_data, tmp_path, "crash", "--hyp", "hyp.tfl.yaml", "--keep-optimizer"))
     monkeypatch.setattr(train, "save_epoch", real_save)
     last = tmp_path / "crash" / "weights" / "last.pt"
     assert load_checkpoint(last)["epoch"] == 0

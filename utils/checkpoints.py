@@ -354,7 +354,9 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, ema: Any = None, opti
 def strip_optimizer(path: str | Path, out: str | Path | None = None) -> Path:
     """Finalise a checkpoint for inference, as YOLOv5 does: the EMA weights (else the model's) in fp16 become
     'model'; optimizer, scheduler, ema, updates and best_fitness are dropped; epoch = -1. Official YOLOv5 files are
-    written in our format. Written atomically to ``out`` (default: over ``path``); returns the written path."""
+    written in our format. Written atomically to ``out`` (default: over ``path``); returns the written path.
+    The result loads like any checkpoint: :func:`load_model` and train.py --weights cast its fp16 weights to fp32
+    exactly (fp16 -> fp32 is lossless); --resume refuses it (no training state left)."""
     ck = load_checkpoint(path)
     state = ck["ema"] or ck["model"]
     ck.update(model=_tensors(state, half=True), ema=None, optimizer=None, scheduler=None, updates=None,

@@ -1,7 +1,12 @@
-"""A training run's state on disk: last/best/periodic checkpoints each epoch, and what --resume restores.
+"""A training run's state on disk: last/best/periodic checkpoints each epoch, the final weights, and what --resume
+restores.
 
 Checkpoints are written by ``save_checkpoint`` (atomic, fp32), so a run killed at any moment leaves a loadable
-last.pt and resumes bit-exactly from it. What a checkpoint holds and --resume restores, and nothing else:
+last.pt and resumes bit-exactly from it. Once the run has ended, last.pt and best.pt are stripped as YOLOv5 does
+(:func:`strip_final_weights`: fp16 EMA weights, no optimiser, epoch -1) unless --keep-optimizer; a stripped file
+is a finished run's (--resume refuses it by name) and fine-tunes with --weights.
+
+What a checkpoint holds and --resume restores, and nothing else:
 model, EMA (and its update count), optimiser, scheduler, epoch, and in ``extra`` the loop counters of
 :class:`LoopState` and the AMP GradScaler (CUDA). Every epoch's shuffling and augmentation is seeded from
 (seed, epoch) alone, so no random-generator state needs saving.
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from utils.checkpoints import save_checkpoint
+from utils.checkpoints import save_checkpoint, strip_optimizer
 from utils.torch_utils import de_parallel
 
 if TYPE_CHECKING:
@@ -54,7 +59,11 @@ def find_resume_checkpoint(resume: str | bool, project: str) -> Path:
 
 
 def check_resumable(ckpt: dict[str, Any]) -> None:
-    """Raise ResumeError when the checkpoint's run already trained its last epoch."""
+    """Raise ResumeError when the checkpoint's run already trained its last epoch, or when its training state was
+    stripped at the end of the run (epoch -1, as YOLOv5's final and official weights)."""
+    if ckpt["epoch"] < 0:
+        raise ResumeError(f"{ckpt['opt'].get('save_dir') or 'checkpoint'}: final weights of a finished run (optimizer "
+                          "stripped, epoch -1), nothing to resume; start a new run with --weights instead")
     if ckpt["epoch"] + 1 >= ckpt["opt"]["epochs"]:
         raise ResumeError(f"{ckpt['opt'].get('save_dir')}: training finished at epoch {ckpt['epoch']}, nothing to "
                           "resume; start a new run with --weights instead")
@@ -72,6 +81,17 @@ def save_epoch(run: Run, state: LoopState, epoch: int, fi: float) -> None:
         save_checkpoint(weights_dir / "best.pt", **kw)
     if run.opt.save_period > 0 and epoch % run.opt.save_period == 0:
         save_checkpoint(weights_dir / f"epoch{epoch}.pt", **kw)
+
+
+def strip_final_weights(weights_dir: Path) -> list[Path]:
+    """After the run's last epoch (or early stop): rewrite last.pt and best.pt as YOLOv5's strip_optimizer does
+    (EMA weights in fp16 as 'model'; no optimiser, scheduler, EMA copy or best fitness; epoch -1), each atomically,
+    so that a kill mid-way leaves every file either full or stripped. Periodic epoch{n}.pt files are kept whole.
+    Returns the stripped files."""
+    files = [f for f in (weights_dir / "last.pt", weights_dir / "best.pt") if f.is_file()]
+    for f in files:
+        strip_optimizer(f)
+    return files
 
 
 def restore_training_state(ckpt: dict[str, Any], run: Run, state: LoopState) -> LoopState:
