@@ -1,10 +1,14 @@
-"""Run a trained detector on images, folders, globs, .txt lists of images and videos.
+"""Run a trained detector on images, folders, globs, .txt lists of images, videos, cameras, streams and image URLs.
 
 Usage:
     python detect.py --weights best.pt --source data/images                      # folder, at the trained size
     python detect.py --weights best.pt --source 'imgs/*.jpg' --save-txt --save-conf
     python detect.py --weights best.onnx --source list.txt --imgsz 640             # ONNX Runtime
     python detect.py --weights best.pt --source big.tif --slice 640 --slice-overlap 0.2 --slice-full
+    python detect.py --weights best.pt --source 0                                  # webcam 0 (Ctrl-C stops)
+    python detect.py --weights best.pt --source rtsp://cam/live --vid-stride 5     # also rtmp://, http(s)://
+    python detect.py --weights best.pt --source cams.streams                       # one stream URL a line
+    python detect.py --weights best.pt --source https://example.com/street.jpg    # an image URL
 
 Outputs go to ``--project/--name`` (runs/detect/exp, exp2, ...): annotated images/videos, ``labels/*.txt`` in YOLO
 format (``cls x y w h [conf]``, normalised to the original image, written atomically) and ``crops/<class>/``.
@@ -15,6 +19,13 @@ unreadable images are reported and skipped. ``run(**kwargs)`` returns one dict p
 from it is warned about. Images with the same name (from different folders of a .txt list) get outputs named
 ``NAME_<hash of the path>`` instead of overwriting each other. A user error (missing weights or source, not a
 checkpoint, bad flags) is one line on stderr and exit status 1, and creates nothing under ``--project``.
+
+Streams (utils/streams.py) are read by a thread per stream: a video file served over HTTP gives every frame in
+order; live sources (cameras, RTSP, RTMP) give the newest frame (``--stream-buffer``: every frame). Each stream's
+results go to ``NAME.mp4`` (and ``labels/NAME_<frame>.txt``). A stream that stops giving frames is reopened
+``--reconnects`` times, ``--reconnect-delay`` seconds apart, then stops with one warning line; what was done is
+kept and the exit status is 0. A stream that cannot be opened at the start is a user error (exit status 1).
+``--vid-stride N`` keeps every N-th frame of videos and streams.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import logging
 import sys
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -33,12 +45,21 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from utils.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from utils.annotate import annotate, crop_box, save_image  # noqa: E402
+from utils.atomic import atomic_write_text  # noqa: E402
 from utils.boxes import xyxy2xywh  # noqa: E402
 from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
 from utils.inference import Detector  # noqa: E402
-from utils.plots import color  # noqa: E402
 from utils.sources import LoadImages, output_stems  # noqa: E402
+from utils.streams import (  # noqa: E402
+    LoadImageURL,
+    LoadStreams,
+    is_image_url,
+    is_stream_source,
+    is_url,
+    stream_sources,
+    stream_stems,
+)
 from utils.train_utils import increment_path  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
@@ -64,46 +85,6 @@ def read_yolo_txt(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     return np.stack(out, 1)
 
 
-def annotate(im: np.ndarray, det: np.ndarray, names: dict[int, str], line_thickness: int | None = 3,
-             hide_labels: bool = False, hide_conf: bool = False) -> np.ndarray:
-    """Draw (n, 6) original-px detections on a copy of the BGR image ``im``; returns the copy."""
-    im = im.copy()
-    lw = line_thickness or max(round(sum(im.shape[:2]) / 2 * 0.003), 2)
-    for *xyxy, conf, cls in det.tolist():
-        c = int(cls)
-        bgr = color(c)[::-1]
-        p1, p2 = (int(xyxy[0]), int(xyxy[1])), (int(xyxy[2]), int(xyxy[3]))
-        cv2.rectangle(im, p1, p2, bgr, thickness=lw, lineType=cv2.LINE_AA)
-        if hide_labels:
-            continue
-        label = names.get(c, str(c)) if hide_conf else f"{names.get(c, str(c))} {conf:.2f}"
-        tf = max(lw - 1, 1)
-        tw, th = cv2.getTextSize(label, 0, fontScale=lw / 3, thickness=tf)[0]
-        outside = p1[1] - th - 3 >= 0  # label above the box when it fits
-        q2 = (p1[0] + tw, p1[1] - th - 3 if outside else p1[1] + th + 3)
-        cv2.rectangle(im, p1, q2, bgr, -1, cv2.LINE_AA)
-        cv2.putText(im, label, (p1[0], p1[1] - 2 if outside else p1[1] + th + 2), 0, lw / 3, (255, 255, 255),
-                    thickness=tf, lineType=cv2.LINE_AA)
-    return im
-
-
-def crop_box(im: np.ndarray, xyxy: np.ndarray, gain: float = 1.02, pad: int = 10) -> np.ndarray:
-    """The BGR crop of ``im`` around an original-px xyxy box enlarged by ``gain`` and ``pad`` px (YOLOv5's)."""
-    b = xyxy2xywh(np.asarray(xyxy, dtype=np.float64).reshape(1, 4))
-    b[:, 2:] = b[:, 2:] * gain + pad
-    x1, y1 = (b[0, :2] - b[0, 2:] / 2).astype(int)
-    x2, y2 = (b[0, :2] + b[0, 2:] / 2).astype(int)
-    h, w = im.shape[:2]
-    return im[max(y1, 0):min(y2, h), max(x1, 0):min(x2, w)]
-
-
-def _save_image(path: Path, im: np.ndarray) -> None:
-    ok, buf = cv2.imencode(path.suffix or ".jpg", im)
-    if not ok:
-        raise ValueError(f"{path}: OpenCV cannot encode an image with this extension")
-    atomic_write_bytes(path, buf.tobytes())
-
-
 def _describe(det: np.ndarray, names: dict[int, str]) -> str:
     counts = Counter(int(c) for c in det[:, 5])
     text = ", ".join(f"{n} {names.get(c, str(c))}{'s' * (n > 1)}" for c, n in sorted(counts.items()))
@@ -118,15 +99,18 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
         agnostic_nms: bool = False, project: str | Path = ROOT / "runs/detect", name: str = "exp",
         exist_ok: bool = False, line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False,
         half: bool = False, slice: int = 0, slice_overlap: float = 0.2, slice_full: bool = False,
-        slice_batch: int = 8, vid_stride: int = 1) -> list[dict]:
+        slice_batch: int = 8, vid_stride: int = 1, stream_buffer: bool = False, reconnects: int = 3,
+        reconnect_delay: float = 1.0, stream_timeout: float = 10.0) -> list[dict]:
     """Detect objects in ``source``; return one dict per image / video frame with keys ``path``, ``frame`` (video
-    frame number or None), ``shape`` (h, w original px), ``boxes`` (n, 4) xyxy original px, ``scores`` (n,),
-    ``classes`` (n,), ``save_path`` (annotated file or None), ``txt_path`` (or None) and ``times_ms``
+    or stream frame number, or None), ``shape`` (h, w original px), ``boxes`` (n, 4) xyxy original px, ``scores``
+    (n,), ``classes`` (n,), ``save_path`` (annotated file or None), ``txt_path`` (or None) and ``times_ms``
     (pre-process, inference, NMS). The run folder is in each dict's ``save_dir``; it is created only once the
-    weights are loaded and the source holds images. ``imgsz`` (input px) defaults to the trained size.
+    weights are loaded and the source holds images (streams: opened and gave a frame; image URL: downloaded).
+    ``imgsz`` (input px) defaults to the trained size. Streams: see the module docstring and utils/streams.py;
+    a stream lost mid-way ends the run normally with the results so far.
 
-    Raises FileNotFoundError (missing weights/source, message names it), CheckpointError (not a model) and
-    UsageError (a bad argument, message names it).
+    Raises FileNotFoundError (missing weights/source, message names it), CheckpointError (not a model),
+    StreamError (a stream that cannot be opened), DownloadError (an image URL) and UsageError (a bad argument).
     """
     imgsz = imgsz[0] if isinstance(imgsz, list | tuple) else imgsz
     check_args(imgsz=(imgsz is None or imgsz >= 1, f"must be >= 1, got {imgsz}"),
@@ -136,31 +120,37 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
                slice=(slice >= 0, f"must be >= 0, got {slice}"),
                slice_overlap=(0 <= slice_overlap < 1, f"must be in [0, 1), got {slice_overlap}"),
                slice_batch=(slice_batch >= 1, f"must be >= 1, got {slice_batch}"),
-               vid_stride=(vid_stride >= 1, f"must be >= 1, got {vid_stride}"))
-    if isinstance(source, str | Path) and "*" not in str(source) and not Path(source).exists():
-        raise FileNotFoundError(f"source not found: {source} (expected an image, video, folder, glob or .txt list)")
+               vid_stride=(vid_stride >= 1, f"must be >= 1, got {vid_stride}"),
+               reconnects=(reconnects >= 0, f"must be >= 0, got {reconnects}"),
+               reconnect_delay=(reconnect_delay >= 0, f"must be >= 0, got {reconnect_delay}"),
+               stream_timeout=(stream_timeout > 0, f"must be > 0, got {stream_timeout}"))
+    if isinstance(source, str | Path) and not is_url(source) and not is_stream_source(source) \
+            and "*" not in str(source) and not Path(source).exists():
+        raise FileNotFoundError(f"source not found: {source} (expected an image, video, folder, glob, .txt list, "
+                                "camera index, stream URL or image URL)")
     detector = Detector(weights, imgsz, conf_thres, iou_thres, max_det, device, slice=slice,
                         slice_overlap=slice_overlap, slice_full=slice_full, slice_batch=slice_batch,
                         classes=classes, agnostic=agnostic_nms, half=half)
-    dataset = LoadImages(source, img_size=detector.imgsz, stride=detector.stride, auto=detector.backend.dynamic,
-                         vid_stride=vid_stride)
-    stems = output_stems(dataset.files)  # two a.jpg from different folders must not share outputs
-    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
-    if save_txt:
-        (save_dir / "labels").mkdir(parents=True, exist_ok=True)
-    names = detector.names
-    detector.backend.warmup((1, 3, detector.imgsz, detector.imgsz))
+    dataset = open_source(source, detector, vid_stride, stream_buffer, reconnects, reconnect_delay, stream_timeout)
+    streaming = isinstance(dataset, LoadStreams)
+    # two a.jpg from different folders (or two streams ending in /live) must not share outputs
+    stems = (output_stems if isinstance(dataset, LoadImages) else stream_stems)(dataset.files)
     results, totals, writers = [], np.zeros(3), {}
     try:
+        save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+        if save_txt:
+            (save_dir / "labels").mkdir(parents=True, exist_ok=True)
+        names = detector.names
+        detector.backend.warmup((1, 3, detector.imgsz, detector.imgsz))
         for path, im, im0, cap, desc in dataset:
             times = [0.0, 0.0, 0.0]
             det = detector.detect(im0, None if slice else im, times).cpu().numpy()
             p = Path(path)
-            frame = getattr(dataset, "frame", 0) if cap is not None else None
+            frame = dataset.frame if cap is not None else None
             stem = stems[path] if frame is None else f"{stems[path]}_{frame}"
-            r = {"path": str(p), "frame": frame, "shape": im0.shape[:2], "boxes": det[:, :4], "scores": det[:, 4],
-                 "classes": det[:, 5].astype(np.int64), "save_path": None, "txt_path": None,
-                 "times_ms": [t * 1e3 for t in times], "save_dir": save_dir}
+            r = {"path": path if is_url(path) or streaming else str(p), "frame": frame, "shape": im0.shape[:2],
+                 "boxes": det[:, :4], "scores": det[:, 4], "classes": det[:, 5].astype(np.int64),
+                 "save_path": None, "txt_path": None, "times_ms": [t * 1e3 for t in times], "save_dir": save_dir}
             if save_txt and len(det):
                 r["txt_path"] = save_dir / "labels" / f"{stem}.txt"
                 atomic_write_text(r["txt_path"], "\n".join(yolo_txt_lines(det, im0.shape[:2], save_conf)) + "\n")
@@ -169,28 +159,36 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
                     c = int(d[5])
                     f = save_dir / "crops" / names.get(c, str(c)) / f"{stem}{k + 1 if k else ''}.jpg"
                     f.parent.mkdir(parents=True, exist_ok=True)
-                    _save_image(f, crop_box(im0, d[:4]))
+                    save_image(f, crop_box(im0, d[:4]))
             if not nosave:
                 drawn = annotate(im0, det, names, line_thickness, hide_labels, hide_conf)
                 if cap is None:
-                    r["save_path"] = save_dir / f"{stems[path]}{p.suffix}"
-                    _save_image(r["save_path"], drawn)
+                    suffix = Path(urlsplit(path).path).suffix if is_url(path) else p.suffix
+                    r["save_path"] = save_dir / f"{stems[path]}{suffix}"
+                    save_image(r["save_path"], drawn)
                 else:
                     r["save_path"] = save_dir / f"{stems[path]}.mp4"
-                    if str(p) not in writers:
-                        for wr in writers.values():
-                            wr.release()
-                        fps = cap.get(cv2.CAP_PROP_FPS) or 30
-                        writers = {str(p): cv2.VideoWriter(str(r["save_path"]), cv2.VideoWriter_fourcc(*"mp4v"),
-                                                           fps, (im0.shape[1], im0.shape[0]))}
-                    writers[str(p)].write(drawn)
+                    if path not in writers:
+                        if not streaming:  # videos come one after the other: the previous one is complete
+                            for wr in writers.values():
+                                wr.release()
+                            writers = {}
+                        writers[path] = cv2.VideoWriter(str(r["save_path"]), cv2.VideoWriter_fourcc(*"mp4v"),
+                                                        dataset.fps, (im0.shape[1], im0.shape[0]))
+                    writers[path].write(drawn)
             totals += times
             results.append(r)
             h, w = (detector.imgsz, detector.imgsz) if slice else im.shape[1:]
             LOGGER.info(f"{desc}{h}x{w} {_describe(det, names)}, {times[1] * 1e3:.1f}ms")
+    except KeyboardInterrupt:
+        if not streaming or not results:
+            raise
+        LOGGER.info("stopped by the user (Ctrl-C)")  # the way to end a live stream: keep what was done
     finally:
         for wr in writers.values():
             wr.release()
+        if streaming:
+            dataset.close()
     n = max(len(results), 1)
     t = totals * 1e3 / n
     LOGGER.info(f"Speed: {t[0]:.1f}ms pre-process, {t[1]:.1f}ms inference, {t[2]:.1f}ms NMS per image at shape "
@@ -203,10 +201,28 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
     return results
 
 
+def open_source(source: str | Path | list, detector: Detector, vid_stride: int = 1, stream_buffer: bool = False,
+                reconnects: int = 3, reconnect_delay: float = 1.0, stream_timeout: float = 10.0
+                ) -> LoadImages | LoadStreams | LoadImageURL:
+    """The loader of ``source``: LoadStreams for camera indices, stream URLs and .streams files, LoadImageURL for
+    an http(s) image URL (downloaded here, attempts = 1 + ``reconnects``), else LoadImages. Streams are opened
+    here: one that cannot be opened raises StreamError before anything is written."""
+    kw = {"img_size": detector.imgsz, "stride": detector.stride, "auto": detector.backend.dynamic}
+    if is_stream_source(source):
+        return LoadStreams(stream_sources(source), vid_stride=vid_stride, buffer=True if stream_buffer else None,
+                           reconnects=reconnects, reconnect_delay_s=reconnect_delay, timeout_s=stream_timeout,
+                           prefix="detect.py: ", **kw)
+    if is_image_url(source):
+        return LoadImageURL(str(source), retries=1 + reconnects, backoff_s=reconnect_delay, timeout_s=stream_timeout,
+                            **kw)
+    return LoadImages(source, vid_stride=vid_stride, **kw)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="detect.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=str, required=True, help="model .pt (ours or official YOLOv5) or .onnx")
-    p.add_argument("--source", type=str, required=True, help="image, video, folder, glob or .txt list")
+    p.add_argument("--source", type=str, required=True,
+                   help="image, video, folder, glob, .txt list, camera index (0), stream URL, .streams file, image URL")
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=None,
                    help="inference size (px); default: the size the weights were trained at (else 640)")
     p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
@@ -226,7 +242,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--hide-labels", action="store_true", help="hide labels")
     p.add_argument("--hide-conf", action="store_true", help="hide confidences")
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA)")
-    p.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
+    p.add_argument("--vid-stride", type=int, default=1, help="keep every N-th frame of videos and streams")
+    p.add_argument("--stream-buffer", action="store_true",
+                   help="live streams: process every frame (default: the newest, dropping what inference misses)")
+    p.add_argument("--reconnects", type=int, default=3, help="streams: reopen attempts after frames stop coming")
+    p.add_argument("--reconnect-delay", type=float, default=1.0, help="streams: seconds between reopen attempts")
+    p.add_argument("--stream-timeout", type=float, default=10.0, help="streams, image URLs: open/read timeout (s)")
     p.add_argument("--slice", type=int, default=0, help="sliced inference: tile size in original px (0 = off)")
     p.add_argument("--slice-overlap", type=float, default=0.2, help="overlap of neighbouring tiles (fraction)")
     p.add_argument("--slice-full", action="store_true", help="also run the whole image downscaled when slicing")
