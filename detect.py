@@ -220,7 +220,8 @@ def open_source(source: str | Path | list, detector: Detector, vid_stride: int =
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="detect.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", type=str, required=True, help="model .pt (ours or official YOLOv5) or .onnx")
+    p.add_argument("--weights", type=str, required=True, help="model: .pt (ours or YOLOv5), .onnx (fp32 or int8), "
+                   ".torchscript or a NAME_openvino_model folder")
     p.add_argument("--source", type=str, required=True,
                    help="image, video, folder, glob, .txt list, camera index (0), stream URL, .streams file, image URL")
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=None,

@@ -61,7 +61,8 @@ STUDY_SIZES = tuple(range(256, 1536 + 128, 128))  # --task study: YOLOv5's sizes
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="val.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=str, default="data/synthetic-tiny.yaml", help="dataset YAML")
-    p.add_argument("--weights", type=str, required=True, help="model .pt (ours or official YOLOv5) or .onnx")
+    p.add_argument("--weights", type=str, required=True, help="model: .pt (ours or YOLOv5), .onnx (fp32 or int8), "
+                   ".torchscript or a NAME_openvino_model folder")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=None,
                    help="inference size (px); default: the size the weights were trained at (else 640)")

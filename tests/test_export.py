@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -34,8 +35,9 @@ def test_export_writes_a_checked_model_with_metadata(exported):
     onnx.checker.check_model(proto)
     assert proto.opset_import[0].version >= 17
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(meta["names"]) == {"0": "car", "1": "person", "2": "boat"}
-    assert json.loads(meta["stride"]) == [8.0, 16.0, 32.0] and json.loads(meta["nc"]) == 3
+    # YOLOv5 v7.0's DetectMultiBackend does int(meta['stride']) and eval(meta['names'])
+    assert ast.literal_eval(meta["names"]) == {0: "car", 1: "person", 2: "boat"} and meta["stride"] == "32"
+    assert json.loads(meta["strides"]) == [8.0, 16.0, 32.0] and json.loads(meta["nc"]) == 3
     assert json.loads(meta["imgsz"]) == [64, 64]
     assert [o.name for o in proto.graph.output] == ["output0"]
     # export.run compared ONNX Runtime with PyTorch on the export shape and on a larger batch / other size
@@ -94,7 +96,7 @@ def test_onnx_without_metadata_is_refused(exported, tmp_path):
     del proto.metadata_props[:]
     f = tmp_path / "bare.onnx"
     onnx.save(proto, str(f))
-    with pytest.raises(Exception, match=r"bare.onnx: ONNX metadata lacks \['names'"):
+    with pytest.raises(Exception, match=r"bare.onnx: ONNX metadata lacks \['names', 'stride'\]"):
         load_backend(f)
     assert Path(exported["file"]).is_file()
 
@@ -104,6 +106,6 @@ def test_export_size_defaults_to_the_trained_size(tmp_path):
     pt = tmp_path / "t96.pt"
     save_checkpoint(pt, model=make_model(), epoch=0, best_fitness=None, hyp=None, opt={"imgsz": 96}, names=NAMES)
     out = export.run(pt)
-    assert json.loads(out["metadata"]["imgsz"]) == [96, 96] and json.loads(out["metadata"]["train_imgsz"]) == 96
+    assert out["metadata"]["imgsz"] == [96, 96] and out["metadata"]["train_imgsz"] == 96
     ox = load_backend(out["file"])
     assert ox.shape == [1, 3, 96, 96] and ox.train_imgsz == 96 and Detector(out["file"]).imgsz == 96

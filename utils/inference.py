@@ -1,37 +1,37 @@
-"""Inference backends (PyTorch checkpoints, ONNX Runtime) and a small user API, ``Detector``.
+"""Inference backends and a small user API, ``Detector``.
 
-``load_backend(weights)`` picks the backend from the file: ``.onnx`` -> :class:`OnnxBackend`, anything else ->
-:class:`TorchBackend` (our checkpoints and official YOLOv5 v7.0 ``.pt`` files, via ``utils.checkpoints.load_model``,
-Conv+BN fused). Both expose ``device``, ``stride`` (tensor of per-level strides, px), ``nc``, ``names``, ``hyp``
-(dict or None), ``train_imgsz`` (input px the model was trained at, None when not recorded), ``__call__(im)`` and
-``sliced(im, slice_size, overlap)``: ``im`` is a (bs, 3, H, W) float tensor in
-[0, 1] and the result is the model's eval output ``pred`` (bs, N, 5 + nc) ``[x, y, w, h, obj, cls...]`` in input
-pixels, as float32.
+``load_backend(weights)`` picks the backend from the path: ``.onnx`` -> :class:`OnnxBackend` (ONNX Runtime; fp32 and
+int8 exports alike), ``.torchscript`` -> ``TorchScriptBackend``, a ``*_openvino_model`` folder or an ``.xml`` ->
+``OpenVinoBackend`` (both in ``utils.backends``), anything else -> :class:`TorchBackend` (our checkpoints and official
+YOLOv5 v7.0 ``.pt`` files, via ``utils.checkpoints.load_model``, Conv+BN fused). All expose ``device``, ``stride``
+(tensor of per-level strides, px), ``nc``, ``names``, ``hyp`` (dict or None), ``train_imgsz`` (input px the model
+was trained at, None when not recorded), ``__call__(im)`` and ``sliced(im, slice_size, overlap)``: ``im`` is a
+(bs, 3, H, W) float tensor in [0, 1] and the result is the model's eval output ``pred`` (bs, N, 5 + nc)
+``[x, y, w, h, obj, cls...]`` in input pixels, as float32.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from utils.augmentations import letterbox
+from utils.backends import Backend, OpenVinoBackend, TorchScriptBackend, decode_props, fit_fixed_input
 from utils.boxes import scale_boxes
 from utils.checkpoints import CheckpointError, load_model
 from utils.downloads import attempt_download_weights
 from utils.nms import non_max_suppression
-from utils.slicing import sliced_detect, sliced_predictions
+from utils.slicing import sliced_detect
 from utils.sources import imread
 from utils.torch_utils import select_device, time_sync
 
 LOGGER = logging.getLogger(__name__)
-ONNX_META_KEYS = ("names", "stride", "nc", "imgsz")  # metadata_props written by export.py, values JSON
 DEFAULT_IMGSZ = 640  # input px when the weights do not record their training size (official YOLOv5 weights: 640)
 FAR_FACTOR = 2.0  # an inference size more than this factor from the training size gets a warning
+_Backend = Backend  # its name before it moved to utils.backends (stub backends in tests subclass it)
 
 
 def default_imgsz(requested: int | None, trained: int | None) -> int:
@@ -49,32 +49,7 @@ def warn_far_from_trained(imgsz: int, trained: int | None, weights: str | Path) 
     return True
 
 
-class _Backend:
-    """Shared parts: attributes and sliced inference built on ``__call__``."""
-
-    device: torch.device
-    stride: torch.Tensor
-    nc: int | None
-    names: dict[int, str]
-    hyp: dict | None
-    train_imgsz: int | None = None
-    fp16: bool = False
-    dynamic: bool = True
-
-    def __call__(self, im: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def sliced(self, im: torch.Tensor, slice_size: int, overlap: float = 0.2, **kwargs: Any) -> torch.Tensor:
-        """Sliced inference on network inputs (see ``utils.slicing.sliced_predictions``; ``kwargs`` go there)."""
-        kwargs.setdefault("stride", int(self.stride.max()))
-        return sliced_predictions(im, self, slice_size, overlap, **kwargs)
-
-    def warmup(self, imgsz: tuple[int, int, int, int] = (1, 3, 640, 640)) -> None:
-        """One forward on zeros (first-call allocations out of the timings)."""
-        self(torch.zeros(imgsz, device=self.device))
-
-
-class TorchBackend(_Backend):
+class TorchBackend(Backend):
     """A DetectionModel in eval mode (fp16 on CUDA with ``half``)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, half: bool = False):
@@ -99,7 +74,7 @@ class TorchBackend(_Backend):
         return self.model(im.contiguous(memory_format=torch.channels_last))[0].float()
 
 
-class OnnxBackend(_Backend):
+class OnnxBackend(Backend):
     """An ONNX model exported by export.py, run with ONNX Runtime (CUDA provider when ``device`` is CUDA)."""
 
     def __init__(self, path: Path, device: torch.device, threads: int | None = None):
@@ -118,18 +93,7 @@ class OnnxBackend(_Backend):
         except Exception as e:  # onnxruntime raises its own exception types
             raise CheckpointError(f"{path}: not a valid ONNX model ({type(e).__name__}: {str(e)[:300]})") from None
         self.device = device
-        meta = self.session.get_modelmeta().custom_metadata_map
-        missing = [k for k in ONNX_META_KEYS if k not in meta]
-        if missing:
-            raise CheckpointError(f"{path}: ONNX metadata lacks {missing}; export it with export.py")
-        try:
-            self.names = {int(k): str(v) for k, v in json.loads(meta["names"]).items()}
-            self.stride = torch.tensor(json.loads(meta["stride"]), dtype=torch.float32)
-            self.nc = int(json.loads(meta["nc"]))
-            self.hyp = json.loads(meta["hyp"]) if "hyp" in meta else None
-            self.train_imgsz = int(json.loads(meta["train_imgsz"])) if "train_imgsz" in meta else None
-        except (ValueError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{path}: unreadable ONNX metadata ({e})") from None
+        self.set_metadata(decode_props(self.session.get_modelmeta().custom_metadata_map), path, "ONNX")
         inp = self.session.get_inputs()[0]
         self.input_name, self.shape = inp.name, list(inp.shape)  # ints, or names of dynamic axes
         self.dynamic = not all(isinstance(d, int) for d in self.shape)
@@ -137,43 +101,44 @@ class OnnxBackend(_Backend):
         self.path = path
 
     def __call__(self, im: torch.Tensor) -> torch.Tensor:
-        bs, _, h, w = im.shape
         x = im.detach().cpu().numpy().astype(np.float16 if self.fp16 else np.float32, copy=False)
-        fixed_b, fixed_h, fixed_w = (d if isinstance(d, int) else None for d in (self.shape[0], *self.shape[2:]))
-        if (fixed_h and h > fixed_h) or (fixed_w and w > fixed_w):
-            raise ValueError(f"{self.path}: input {h}x{w} is larger than the exported fixed size "
-                             f"{fixed_h}x{fixed_w}; re-export with --dynamic or a larger --imgsz")
-        if (fixed_h and h < fixed_h) or (fixed_w and w < fixed_w):  # pad right/bottom: coordinates unchanged
-            pad = np.full((bs, 3, fixed_h or h, fixed_w or w), 114 / 255, dtype=x.dtype)
-            pad[:, :, :h, :w] = x
-            x = pad
-        if fixed_b and bs != fixed_b:  # fixed batch (1 by default): one image at a time
-            out = np.concatenate([self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(bs)])
+        x = fit_fixed_input(x, self.shape, self.path)
+        if isinstance(self.shape[0], int) and len(x) != self.shape[0]:  # fixed batch (1 by default): one at a time
+            out = np.concatenate([self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(len(x))])
         else:
             out = self.session.run(None, {self.input_name: x})[0]
         return torch.from_numpy(out.astype(np.float32, copy=False)).to(im.device)
 
 
 def load_backend(weights: str | Path, device: str | torch.device = "", half: bool = False, fuse: bool = True,
-                 threads: int | None = None) -> TorchBackend | OnnxBackend:
-    """The inference backend for ``weights``: ``.onnx`` -> ONNX Runtime, otherwise a PyTorch checkpoint (ours or
-    official YOLOv5 v7.0; ``yolov5s.pt`` etc. are downloaded when absent, see utils.downloads), fused for inference
-    when ``fuse``. ``threads``: ONNX Runtime intra-op threads, without busy-waiting (None: its defaults; PyTorch
-    uses ``torch.set_num_threads``).
+                 threads: int | None = None) -> Backend:
+    """The inference backend for ``weights``: ``.onnx`` -> ONNX Runtime, ``.torchscript`` -> TorchScript, a
+    ``*_openvino_model`` folder (or its ``.xml``) -> OpenVINO, otherwise a PyTorch checkpoint (ours or official
+    YOLOv5 v7.0; ``yolov5s.pt`` etc. are downloaded when absent, see utils.downloads), fused for inference when
+    ``fuse``. ``threads``: ONNX Runtime / OpenVINO inference threads (None: their defaults; PyTorch and TorchScript
+    use ``torch.set_num_threads``).
 
     Raises:
         FileNotFoundError: ``weights`` does not exist.
         DownloadError: an official weights name could not be downloaded (see utils.downloads).
         CheckpointError: the file is not a model (message names the file and why).
+        MissingPackageError: an OpenVINO model without the openvino package (one line with the pip command).
     """
     path = attempt_download_weights(weights)
     if not path.exists():
         raise FileNotFoundError(f"weights not found: {path}")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, expected a .pt checkpoint or an .onnx model file")
+    suffix = path.suffix.lower()
+    is_openvino = suffix == ".xml" or (path.is_dir() and any(path.glob("*.xml")))
+    if path.is_dir() and not is_openvino:
+        raise CheckpointError(f"{path}: is a folder without an OpenVINO .xml model, expected a .pt checkpoint, an "
+                              ".onnx or .torchscript file or a *_openvino_model folder")
     dev = select_device(device)
-    if path.suffix.lower() == ".onnx":
+    if suffix == ".onnx":
         return OnnxBackend(path, dev, threads)
+    if suffix == ".torchscript":
+        return TorchScriptBackend(path, dev, half)
+    if is_openvino:
+        return OpenVinoBackend(path, dev, threads)
     return TorchBackend(load_model(path, dev, fuse=fuse), dev, half)
 
 
