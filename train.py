@@ -5,6 +5,7 @@ Usage:
     python train.py --data coco128.yaml --cfg yolov5s.yaml --hyp hyp.tfl.yaml --epochs 100
     python train.py --tfl auto --box-loss focal_eiou --hyp-set tfl_k=3
     python train.py --resume runs/train/exp/weights/last.pt
+    python train.py --evolve 100 --epochs 30          # Optuna search (hyp/evolve.yaml) in runs/evolve/exp
     torchrun --nproc_per_node 2 train.py --device cpu  # DDP (gloo on CPU, nccl on CUDA)
 
 Python API: ``train.train(opt)`` with ``opt = train.get_args_parser().parse_args([...])``; command line:
@@ -19,6 +20,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +35,18 @@ if str(ROOT) not in sys.path:
 
 import val as validate  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
+from utils import evolve  # noqa: E402
 from utils.autoanchor import label_wh_pixels  # noqa: E402
 from utils.checkpoints import load_checkpoint  # noqa: E402
 from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
 from utils.copy_paste import check_paste_hyp  # noqa: E402
 from utils.dataset_yaml import check_dataset  # noqa: E402
 from utils.hyp import Hyp, load_hyp, parse_overrides  # noqa: E402
-from utils.loggers import RunLogger  # noqa: E402
+from utils.loggers import RunLogger, check_mlflow  # noqa: E402
 from utils.loss import LOSS_NAMES, ComputeLoss, loss_gains  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.plots import plot_images, plot_tfl_auto  # noqa: E402
+from utils.precision import AMP_CHOICES, choose_precision, cpu_bf16_supported  # noqa: E402
 from utils.run_state import (  # noqa: E402
     LoopState,
     check_resumable,
@@ -67,6 +71,7 @@ from utils.train_run import (  # noqa: E402
     seed_epoch,
     set_warmup,
     setup_ddp,
+    start_mlflow,
     start_run_files,
 )
 from utils.train_utils import (  # noqa: E402
@@ -125,7 +130,14 @@ def get_args_parser(parser: type[argparse.ArgumentParser] = argparse.ArgumentPar
     p.add_argument("--patience", type=int, default=100, help="early stopping patience (epochs without improvement)")
     p.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
     p.add_argument("--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
+    p.add_argument("--keep-optimizer", action="store_true", help="keep the full training state in the final last.pt "
+                   "and best.pt (default: stripped as YOLOv5 does: fp16 weights, no optimizer)")
+    p.add_argument("--mlflow", action="store_true", help="also log params, metrics and artefacts to MLflow "
+                   "(MLFLOW_TRACKING_URI, else the SQLite store mlruns/mlflow.db beside runs/; needs mlflow-skinny)")
     p.add_argument("--seed", type=int, default=0, help="global training seed")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="mixed precision: auto = fp16+GradScaler on "
+                   "CUDA, bf16 on CPUs with AVX512-BF16/AMX, else fp32; on = the same, warning when only fp32 is "
+                   "possible; off = fp32")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     # Ours: Tiny Focal Loss and box-loss overrides (they win over the hyp YAML and are saved with the run)
     p.add_argument("--tfl", choices=["on", "off", "auto"], default=None,
@@ -137,6 +149,14 @@ def get_args_parser(parser: type[argparse.ArgumentParser] = argparse.ArgumentPar
     p.add_argument("--tfl-terms", nargs="+", default=None, help="loss terms TFL weights: box obj cls")
     p.add_argument("--box-loss", default=None, help="ciou | giou | diou | iou | eiou | focal_eiou | nwd | ...")
     p.add_argument("--hyp-set", nargs="+", default=[], metavar="KEY=VALUE", help="override any hyperparameter")
+    p.add_argument("--tiny-area", type=float, default=None, help="validation's tiny/big size-bucket split, area in "
+                   "original-image px² as val.py's buckets (default: the hyp's tfl_s)")
+    # Hyperparameter search (utils/evolve.py)
+    p.add_argument("--evolve", type=int, nargs="?", const=300, default=None, help="Optuna search: train trials "
+                   "until the study holds N finished ones (300 without N); with --resume [FOLDER]: continue a study")
+    p.add_argument("--evolve-space", default=str(evolve.DEFAULT_SPACE), help="search-space YAML of --evolve")
+    p.add_argument("--evolve-fitness", choices=evolve.FITNESS_MODES, default="all", help="objective of --evolve: "
+                   "all = 0.1 mAP@.5 + 0.9 mAP@.5:.95; tiny = the same on the tiny bucket; tiny50 = its mAP@.5")
     return p
 
 
@@ -200,8 +220,10 @@ def label_sides_px(dataset, imgsz: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 # The story: build the run, then for each epoch train, validate, save; then finish
 # ----------------------------------------------------------------------------------------------------------------
-def train(opt: argparse.Namespace) -> dict:
-    """Train as configured by ``opt`` (see get_args_parser); returns the final validation metrics and save_dir."""
+def train(opt: argparse.Namespace, on_val: Callable[[int, dict], bool] | None = None) -> dict:
+    """Train as configured by ``opt`` (see get_args_parser); returns the final validation metrics and save_dir.
+    ``on_val(epoch, metrics)`` is called after each validation (single process); True stops training after that
+    epoch, as early stopping does (--evolve's pruning)."""
     run, state = build_run(opt)
     results, t0, epoch = {}, time.time(), state.start_epoch
     try:
@@ -217,6 +239,8 @@ def train(opt: argparse.Namespace) -> dict:
                 state.best_fitness = max(state.best_fitness, fi)
                 run.logger.log_epoch(epoch, epoch_row(mloss, results, run.optimizer))
                 stop = run.stopper(epoch, fi)
+                if on_val is not None and results:
+                    stop = bool(on_val(epoch, results)) or stop
                 state.best_epoch = run.stopper.best_epoch
                 if not opt.nosave or epoch + 1 == opt.epochs:
                     save_epoch(run, state, epoch, fi)
@@ -224,6 +248,10 @@ def train(opt: argparse.Namespace) -> dict:
                 break
         if run.main_process:
             finish(run, epoch - state.start_epoch + 1, t0)
+    except BaseException as e:
+        if run.logger:  # the MLflow run ends as KILLED (Ctrl-C) or FAILED; TensorBoard is flushed
+            run.logger.close("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
     finally:
         release_run_lock(run.lock)
         if run.local_rank != -1:
@@ -237,11 +265,18 @@ def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
     rank, local_rank, world_size = ddp_env()
     ckpt = resume_options(opt)
     validate_options(opt)
+    if opt.mlflow and rank in (-1, 0):
+        check_mlflow()  # the flag asked for it: stop with one line before any work
     if rank in (-1, 0) and (opt.exist_ok or opt.resume):  # refuse a folder in use before doing any work
         check_run_lock(opt.save_dir if opt.resume else Path(opt.project) / opt.name)
     device = select_device(opt.device, batch_size=opt.batch_size)
     if local_rank != -1:
         device = setup_ddp(device, local_rank)
+    precision = choose_precision(device.type, opt.amp, device.type == "cpu" and cpu_bf16_supported())
+    if rank in (-1, 0):
+        if precision.warning:
+            LOGGER.warning(precision.warning)
+        LOGGER.info(f"Precision: {precision.label} (--amp {opt.amp})")
     hyp = load_hyp(ckpt["hyp"]) if ckpt else load_hyp(opt.hyp, hyp_overrides(opt))
     init_seeds(opt.seed + 1 + max(rank, 0), deterministic=True)
     data = check_dataset(opt.data)
@@ -268,16 +303,16 @@ def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
         if not opt.resume and opt.tfl == "auto":
             hyp = resolve_tfl_auto(hyp, dataset, imgsz, save_dir, plots=main_process and not opt.noplots)
         if main_process:
-            start_run_files(save_dir, opt, hyp, dataset, names, model, imgsz)
+            start_run_files(save_dir, opt, hyp, dataset, names, model, imgsz, precision=precision.label)
         freeze_layers(model, opt.freeze)
         model.nc, model.names, model.hyp = nc, names, hyp
         loss_fn = ComputeLoss(model, hyp, gains=loss_gains(hyp, de_parallel(model).model[-1].nl, nc, imgsz))
         optimizer, scheduler = build_optimizer(model, opt, hyp)
-        scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+        scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
         run = Run(opt=opt, hyp=hyp, data=data, names=names, device=device, rank=rank, local_rank=local_rank,
                   world_size=world_size, save_dir=save_dir, imgsz=imgsz, batch_size=batch_size, model=model,
                   train_loader=train_loader, dataset=dataset, val_loader=val_loader, loss_fn=loss_fn,
-                  optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                  optimizer=optimizer, scheduler=scheduler, scaler=scaler, precision=precision,
                   ema=ModelEMA(model) if main_process else NoEMA(), guard=NonFiniteGuard(),
                   stopper=EarlyStopping(opt.patience), logger=None, lock=lock)
         state = LoopState(warmup_iters=max(round(hyp.warmup_epochs * len(train_loader)), 100))
@@ -289,7 +324,8 @@ def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
                 run.model = nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
             run.model = nn.parallel.DistributedDataParallel(
                 run.model, device_ids=[local_rank] if device.type == "cuda" else None)
-        run.logger = RunLogger(save_dir, names) if main_process else None
+        run.logger = RunLogger(save_dir, names, mlflow=start_mlflow(opt, hyp, save_dir) if opt.mlflow else None) \
+            if main_process else None
     except BaseException:
         release_run_lock(lock)
         raise
@@ -305,7 +341,8 @@ def resume_options(opt: argparse.Namespace) -> dict | None:
     ckpt = load_checkpoint(path)
     LOGGER.info(f"Resuming from {path} (--resume {opt.resume}) at epoch {ckpt['epoch'] + 1}")
     check_resumable(ckpt)
-    vars(opt).update({**ckpt["opt"], "resume": str(path), "weights": str(path), "cfg": "", "exist_ok": True})
+    vars(opt).update({**ckpt["opt"], "resume": str(path), "weights": str(path), "cfg": "", "exist_ok": True,
+                      **{k: True for k in ("mlflow", "keep_optimizer") if getattr(opt, k, False)}})
     return ckpt
 
 
@@ -325,8 +362,9 @@ def train_one_epoch(run: Run, state: LoopState, epoch: int) -> torch.Tensor:
             gs = int(de_parallel(model).stride.max())
             imgs = rescale_batch(imgs, multi_scale_size(opt.imgsz, gs, random), gs)
         accumulate = set_warmup(run.optimizer, ni, state.warmup_iters, epoch, opt, run.hyp)
-        with torch.autocast(device.type, enabled=run.scaler.is_enabled()):
-            loss, parts = run.loss_fn(model(imgs), targets)
+        with run.precision.autocast(device.type):
+            preds = model(imgs)
+        loss, parts = run.loss_fn([p.float() for p in preds], targets)  # fp32 loss whatever the forward's dtype
         if run.world_size > 1:
             loss = loss * run.world_size  # DDP averages gradients across processes
         if run.guard.check(loss, paths):
@@ -361,8 +399,9 @@ def validate_epoch(run: Run, epoch: int) -> tuple[dict, float]:
         return {}, 0.0
     results = validate.run(run.data, batch_size=run.batch_size * 2, imgsz=run.imgsz, model=run.ema.ema,
                            single_cls=opt.single_cls, dataloader=run.val_loader, save_dir=run.save_dir,
-                           plots=final and not opt.noplots, compute_loss=run.loss_fn, half=run.device.type == "cuda",
-                           tfl_s=run.hyp.tfl_s, verbose=final, names=run.names)
+                           plots=final and not opt.noplots, compute_loss=run.loss_fn,
+                           half=run.precision.dtype == torch.float16,
+                           tfl_s=getattr(opt, "tiny_area", None) or run.hyp.tfl_s, verbose=final, names=run.names)
     return results, fitness(np.array([[results.get(k, 0.0) for k in METRIC_KEYS]]))[0] if results else 0.0
 
 
@@ -373,12 +412,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def call() -> None:
         vars(opt).update(vars(get_args_parser(ArgumentParser).parse_args(argv)))
-        train(opt)
+        if opt.evolve is not None:
+            evolve.run_evolve(opt, train, load_hyp(opt.hyp, hyp_overrides(opt)))
+        else:
+            train(opt)
 
     try:
         return run_main("train.py", call, errors=(FloatingPointError,))
     except KeyboardInterrupt:
-        print(interrupted_message(getattr(opt, "save_dir", None)), file=sys.stderr)
+        print(evolve.interrupted_message(opt) if getattr(opt, "evolve", None) is not None
+              else interrupted_message(getattr(opt, "save_dir", None)), file=sys.stderr)
         return 130
 
 

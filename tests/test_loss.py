@@ -258,7 +258,7 @@ def test_compute_loss_objectness_weighting_matches_weight_map(norm, monkeypatch)
     hyp = base_hyp(tfl=True, tfl_terms=["obj"], tfl_norm=norm)
     ours = ComputeLoss(model, hyp)(preds, targets)[1]
 
-    def explicit(loss, cell, w, divisor=None):
+    def explicit(loss, cell, w, divisor=None, overwrite=False):  # overwrite: only saves a copy
         return _explicit_cell_weighting(loss, cell, w, divisor)
 
     monkeypatch.setattr(loss_module, "weight_positive_cells", explicit)

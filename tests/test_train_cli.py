@@ -124,6 +124,21 @@ def test_too_many_skipped_images_stop_with_a_summary(tmp_path, capsys):
     assert len(dataset) == 2 and dataset.counts["corrupt"] == 6 and len(val_loader.dataset) == 1
 
 
+def test_a_val_split_without_labels_is_refused_before_training(tmp_path, capsys):
+    """Val images without label files: refused at start-up (not epochs later, at the first validation), in one
+    line naming the val source and the label folder it looked in; no run folder."""
+    data = tiny_dataset(tmp_path, n_train=8, n_val=4, imgsz=64, seed=5)
+    cfg = yaml.safe_load(data.read_text())
+    for f in (Path(cfg["path"]) / "labels" / "val").glob("*.txt"):
+        f.unlink()
+    rc, err = run_main(capsys, tmp_path / "runs", "--data", str(data))
+    assert rc == 1
+    line = err[-1]  # above it: the label scan's progress bar
+    assert line.startswith("train.py: error: val: ") and "none of its 4 images has a label file" in line, line
+    assert str(Path(cfg["path"]) / "labels" / "val") in line
+    assert not (tmp_path / "runs").exists()
+
+
 def test_single_cls_collapses_multi_class_labels_instead_of_rejecting_them(tiny_data):
     opt = train.get_args_parser().parse_args(["--data", str(tiny_data), "--workers", "0", "--single-cls"])
     train_loader, dataset, val_loader = build_loaders(opt, check_dataset(tiny_data), load_hyp(), 64, 32, 8, -1, True)

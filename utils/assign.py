@@ -22,17 +22,17 @@ import torch
 
 
 def ratio_match(gwh: torch.Tensor, anchors: torch.Tensor, anchor_t: float) -> torch.Tensor:
-    """YOLOv5's shape match of one level.
+    """YOLOv5's shape match, of one level or of all levels at once (leading dimensions broadcast).
 
     Args:
-        gwh: (nt, 2) ground-truth widths and heights in grid cells of the level.
-        anchors: (na, 2) anchor widths and heights in grid cells of the level.
+        gwh: (..., nt, 2) ground-truth widths and heights in grid cells of the level(s), e.g. (nl, nt, 2).
+        anchors: (..., na, 2) anchor widths and heights in grid cells of the level(s), e.g. (nl, na, 2).
         anchor_t: side-ratio threshold (YOLOv5's 4.0).
     Returns:
-        (na, nt) bool: ``max(w / aw, aw / w, h / ah, ah / h) < anchor_t``.
+        (..., na, nt) bool: ``max(w / aw, aw / w, h / ah, ah / h) < anchor_t``.
     """
-    ratio = gwh[None] / anchors[:, None]  # (na, nt, 2)
-    return torch.max(ratio, 1 / ratio).max(2).values < anchor_t
+    ratio = gwh.unsqueeze(-3) / anchors.unsqueeze(-2)  # (..., na, nt, 2)
+    return torch.max(ratio, 1 / ratio).amax(-1) < anchor_t
 
 
 def nwd_anchor_scores(gxy: torch.Tensor, gwh: torch.Tensor, anchors: torch.Tensor, grid: torch.Tensor,

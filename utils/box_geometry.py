@@ -51,18 +51,20 @@ def box_geometry(pred: torch.Tensor, target: torch.Tensor, eps: float = EPS) -> 
         ``BoxGeometry`` of ``Tensor[N]`` fields.
     """
     check_box_pair(pred, target)
-    b1_x1, b1_y1, b1_x2, b1_y2 = pred.unbind(-1)
-    b2_x1, b2_y1, b2_x2, b2_y2 = target.unbind(-1)
-    w1, h1 = (b1_x2 - b1_x1).clamp(min=eps), (b1_y2 - b1_y1).clamp(min=eps)
-    w2, h2 = (b2_x2 - b2_x1).clamp(min=eps), (b2_y2 - b2_y1).clamp(min=eps)
+    # x and y together as (..., 2) tensors: half the kernel launches of one op per coordinate, the same
+    # element-wise arithmetic in the same order (so the same floats). Each corner slice feeds its consumers in
+    # the same order as before, which keeps the backward's gradient sums in the same order too.
+    p1, p2, t1, t2 = pred[..., :2], pred[..., 2:], target[..., :2], target[..., 2:]  # min / max corners
+    w1, h1 = (p2 - p1).clamp(min=eps).unbind(-1)
+    w2, h2 = (t2 - t1).clamp(min=eps).unbind(-1)
 
-    inter = (torch.minimum(b1_x2, b2_x2) - torch.maximum(b1_x1, b2_x1)).clamp(min=0) * \
-            (torch.minimum(b1_y2, b2_y2) - torch.maximum(b1_y1, b2_y1)).clamp(min=0)
+    iw, ih = (torch.minimum(p2, t2) - torch.maximum(p1, t1)).clamp(min=0).unbind(-1)
+    inter = iw * ih
     union = w1 * h1 + w2 * h2 - inter + eps
     iou = inter / union
 
-    cw = (torch.maximum(b1_x2, b2_x2) - torch.minimum(b1_x1, b2_x1)).clamp(min=0)
-    ch = (torch.maximum(b1_y2, b2_y2) - torch.minimum(b1_y1, b2_y1)).clamp(min=0)
+    cw, ch = (torch.maximum(p2, t2) - torch.minimum(p1, t1)).clamp(min=0).unbind(-1)
     c2 = cw**2 + ch**2 + eps
-    rho2 = ((b2_x1 + b2_x2 - b1_x1 - b1_x2) ** 2 + (b2_y1 + b2_y2 - b1_y1 - b1_y2) ** 2) / 4
+    dx2, dy2 = ((t1 + t2 - p1 - p2) ** 2).unbind(-1)  # (2 x centre offset)^2 per axis
+    rho2 = (dx2 + dy2) / 4
     return BoxGeometry(w1, h1, w2, h2, inter, union, iou, cw, ch, c2, rho2)

@@ -30,14 +30,15 @@ from torch import nn
 
 from utils.assign import nwd_anchor_scores, ratio_match, starved_pairs, topk_pairs
 from utils.box_losses import BOX_LOSSES
-from utils.boxes import xywh2xyxy
 from utils.hyp import Hyp, hyp_from_model_or_dict
 from utils.tfl import tfl_weights, weight_positive_cells
 
 LOSS_NAMES = ("box", "obj", "cls")
 # Neighbour-cell offsets in grid cells: the target's own cell, then left, up, right, down (YOLOv5's order,
-# which decides the last write when several matches share a cell).
-_CELL_OFFSETS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32) * 0.5
+# which decides the last write when several matches share a cell); the sixth, zero row is the own cell of the
+# ``assign_min_pos`` extra pairs, which so sort after a level's normal matches.
+_CELL_OFFSETS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1], [0, 0]], dtype=torch.float32) * 0.5
+_GRIDS_CACHED = 64  # level-shape sets kept (multi-scale training and rectangular batches each add one)
 
 
 def smooth_bce(eps: float = 0.0) -> tuple[float, float]:
@@ -66,6 +67,21 @@ def loss_gains(hyp: Hyp, nl: int, nc: int, imgsz: int) -> tuple[float, float, fl
     """YOLOv5 train.py's scaling of the (box, obj, cls) gains to the number of levels, classes and image size."""
     layers = 3 / nl
     return hyp.box * layers, hyp.obj * (imgsz / 640) ** 2 * layers, hyp.cls * nc / 80 * layers
+
+
+class _Grids(NamedTuple):
+    """The constants of one set of level shapes (cached per shapes, dtype and device by ComputeLoss)."""
+
+    gain: torch.Tensor  # (nl, 4) nx, ny, nx, ny: normalised xywh -> grid cells, in the targets' dtype
+    offsets: torch.Tensor  # (6, 2) _CELL_OFFSETS in the targets' dtype
+    sizes: torch.Tensor  # (nl, 4) long: nx - 1, ny - 1 (the largest cell indices), ny, nx
+
+
+def _xyxy(xy: torch.Tensor, wh: torch.Tensor) -> torch.Tensor:
+    """(n, 4) corners from (n, 2) centres and (n, 2) sizes, any unit: ``utils.boxes.xywh2xyxy``'s arithmetic (so
+    the same floats) in 4 kernels instead of its copy and four column writes."""
+    half = wh / 2
+    return torch.cat((xy - half, xy + half), 1)
 
 
 class Matches(NamedTuple):
@@ -118,6 +134,7 @@ class ComputeLoss:
         self.obj_pw = torch.tensor([h.obj_pw], device=self.device)
         self.box_loss_fns = [BOX_LOSSES[h.box_loss].bind(h, s) for s in self.strides]  # per level: NWD's c
         self.tfl_terms = frozenset(h.tfl_terms) if h.tfl else frozenset()
+        self._grid_cache: dict[tuple, _Grids] = {}  # see grids()
 
     def __call__(self, preds: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, dev, terms = self.hyp, self.device, self.tfl_terms
@@ -127,31 +144,31 @@ class ComputeLoss:
             tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=dev)
             w_obj = mu = None
             if m.n:
-                ps = pi[m.b, m.a, m.gj, m.gi]  # (n, 5 + nc) predictions at the matched cells
-                w = w_raw = weights[m.t] if weights is not None else None  # (n,) per match, >= 1; None: TFL off
+                # (n, 5 + nc) predictions at the matched cells: pi[m.b, m.a, m.gj, m.gi] as one row gather
+                ps = pi.reshape(-1, pi.shape[-1]).index_select(0, m.cell)
+                w = w_raw = weights.index_select(0, m.t) if weights is not None else None  # (n,) >= 1; None: off
                 mu = w.mean() if w is not None and h.tfl_norm == "mean" else None
                 if mu is not None:
                     w = w / mu  # the one per-match weight of the box and class terms
                 pxy = ps[:, :2].sigmoid() * 2 - 0.5
                 pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * m.anchors
-                box = self.box_loss_fns[i](xywh2xyxy(torch.cat((pxy, pwh), 1)), xywh2xyxy(m.tbox))
+                box = self.box_loss_fns[i](_xyxy(pxy, pwh), _xyxy(m.tbox[:, :2], m.tbox[:, 2:]))
                 lb = w * box.loss if "box" in terms else box.loss
                 if box.weight is None:
                     lbox += lb.sum() / m.n
                 else:
                     lbox += lb.sum() / box.weight.sum().clamp(min=1e-12)  # loss holds f * L
                 iou = box.score.detach().clamp(0).type(tobj.dtype)  # CIoU for ciou, as YOLOv5
-                tobj.view(-1)[m.cell] = (1.0 - self.gr) + self.gr * iou
+                tobj.view(-1)[m.cell] = iou if self.gr == 1 else (1.0 - self.gr) + self.gr * iou
                 if "obj" in terms:
                     w_obj = w_raw  # raw (>= 1) for the cells' max; 'mean' divides after it
                 if self.nc > 1:  # YOLOv5 skips the class term for a single class
-                    t = torch.full_like(ps[:, 5:], self.cn)
-                    t[torch.arange(m.n, device=dev), m.cls] = self.cp
+                    t = torch.full_like(ps[:, 5:], self.cn).scatter_(1, m.cls[:, None], self.cp)
                     wcls = w[:, None] if "cls" in terms else None
                     lcls += focal_bce_with_logits(ps[:, 5:], t, h.fl_gamma, h.fl_alpha, self.cls_pw, wcls).mean()
             bce = focal_bce_with_logits(pi[..., 4], tobj, h.fl_gamma, h.fl_alpha, self.obj_pw)
             if w_obj is not None:
-                bce = weight_positive_cells(bce.reshape(-1), m.cell, w_obj, mu)
+                bce = weight_positive_cells(bce.reshape(-1), m.cell, w_obj, mu, overwrite=True)
             lobj += bce.mean() * self.balance[i]
         lbox *= self.gains[0]
         lobj *= self.gains[1]
@@ -166,6 +183,20 @@ class ComputeLoss:
         # w * h normalised against S / input area: the same l = w_px * h_px / S without building a pixel tensor
         return tfl_weights(targets[:, 4:6], self.hyp.tfl_k, self.hyp.tfl_s / input_area, self.hyp.tfl_piecewise)
 
+    def grids(self, preds: list[torch.Tensor], dtype: torch.dtype, device: torch.device) -> _Grids:
+        """The level constants of ``preds``' grid shapes, built once per (shapes, dtype, device)."""
+        key = (tuple(tuple(pi.shape[2:4]) for pi in preds), dtype, device)
+        g = self._grid_cache.get(key)
+        if g is None:
+            if len(self._grid_cache) >= _GRIDS_CACHED:
+                self._grid_cache.clear()
+            nxy = [(pi.shape[3], pi.shape[2]) for pi in preds]
+            g = self._grid_cache[key] = _Grids(
+                gain=torch.tensor([[nx, ny, nx, ny] for nx, ny in nxy], dtype=dtype, device=device),
+                offsets=_CELL_OFFSETS.to(device, dtype),
+                sizes=torch.tensor([[nx - 1, ny - 1, ny, nx] for nx, ny in nxy], device=device))
+        return g
+
     def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor) -> list[Matches]:
         """Match ground truths to anchors and cells: one ``Matches`` per level.
 
@@ -173,50 +204,43 @@ class ComputeLoss:
         ratio < ``anchor_t``; ``assign: nwd`` the ``assign_topk`` pairs of highest NWD. Each matched pair gives the
         ground truth's own cell and its two nearest neighbours, anchor-major. With ``assign_min_pos: k`` (ratio) a
         ground truth matched nowhere gets its k best pairs by NWD, own cell only, appended after those.
+
+        All levels are matched at once (one ``nonzero``, one gather per field, then split per level): the same
+        element-wise arithmetic as YOLOv5's per-level loop, so the same matches in the same order.
         """
         h = self.hyp
-        nt, na, dev = targets.shape[0], self.na, targets.device
-        anchor_idx = torch.arange(na, device=dev).view(na, 1).expand(na, nt)
-        target_idx = torch.arange(nt, device=dev).view(1, nt).expand(na, nt)
-        offsets = _CELL_OFFSETS.to(dev)
-        grids = [torch.tensor([pi.shape[3], pi.shape[2]], device=dev, dtype=targets.dtype) for pi in preds]  # nx, ny
+        nt, na = targets.shape[0], self.na
+        g = self.grids(preds, targets.dtype, targets.device)
+        grid_xywh = targets[:, 2:6] * g.gain[:, None]  # (nl, nt, 4) every target in grid cells of every level
+        gxy, gwh = grid_xywh[..., :2], grid_xywh[..., 2:]
         if h.assign == "ratio":
-            matches = [ratio_match(targets[:, 4:6] * g, self.anchors[i], h.anchor_t) for i, g in enumerate(grids)]
-            extra = self._starved_pairs(targets, grids, matches) if h.assign_min_pos else None
+            match = ratio_match(gwh, self.anchors, h.anchor_t)  # (nl, na, nt)
+            extra = (starved_pairs(match, self._nwd_scores(gxy, gwh, g.gain), int(h.assign_min_pos))
+                     if h.assign_min_pos else None)
         else:
-            matches, extra = topk_pairs(self._nwd_scores(targets, grids), int(h.assign_topk)), None
-        levels = []
-        for i, pi in enumerate(preds):
-            ny, nx = pi.shape[2:4]
-            grid = grids[i]
-            match = matches[i]  # (na, nt) bool
-            a, t = anchor_idx[match], target_idx[match]  # anchor-major, as YOLOv5 orders them
-            gxy = targets[t, 2:4] * grid
-            inv = grid - gxy
-            near = torch.cat((torch.ones_like(gxy[:, :1], dtype=torch.bool),
-                              (gxy % 1 < 0.5) & (gxy > 1), (inv % 1 < 0.5) & (inv > 1)), 1).T  # (5, n)
-            a, t = a.expand(5, -1)[near], t.expand(5, -1)[near]
-            gxy = gxy.expand(5, -1, -1)[near]
-            gij = (gxy - offsets[:, None].expand(-1, near.shape[1], -1)[near]).long()
-            if extra is not None:  # the starved ground truths' pairs: own cell only, after the normal matches
-                ax, tx = anchor_idx[extra[i]], target_idx[extra[i]]
-                gxy_x = targets[tx, 2:4] * grid
-                a, t = torch.cat((a, ax)), torch.cat((t, tx))
-                gxy, gij = torch.cat((gxy, gxy_x)), torch.cat((gij, gxy_x.long()))
-            gi, gj = gij[:, 0].clamp_(0, nx - 1), gij[:, 1].clamp_(0, ny - 1)
-            tt = targets[t]  # (n, 6) the matched ground truths
-            b = tt[:, 0].long()
-            levels.append(Matches(b=b, a=a, gj=gj, gi=gi, cell=((b * na + a) * ny + gj) * nx + gi, t=t,
-                                  cls=tt[:, 1].long(), tbox=torch.cat((gxy - gij, tt[:, 4:6] * grid), 1),
-                                  anchors=self.anchors[i][a]))
-        return levels
+            match, extra = topk_pairs(self._nwd_scores(gxy, gwh, g.gain), int(h.assign_topk)), None
+        inv = g.gain[:, None, :2] - gxy
+        near = torch.cat((torch.ones_like(gxy[..., :1], dtype=torch.bool),
+                          (gxy % 1 < 0.5) & (gxy > 1), (inv % 1 < 0.5) & (inv > 1)), 2)  # (nl, nt, 5)
+        pairs = near.transpose(1, 2).unsqueeze(2) & match.unsqueeze(1)  # (nl, 5, na, nt) offset x anchor x target
+        if extra is not None:  # the starved ground truths' pairs: own cell only (offset row 5), after the others
+            pairs = torch.cat((pairs, extra.unsqueeze(1)), 1)
+        counts = pairs.flatten(1).sum(1).tolist()  # matches per level
+        lvl, o, a, t = pairs.nonzero().unbind(1)  # (n,) each, sorted level, offset, anchor, target: YOLOv5's order
+        rows = grid_xywh.view(-1, 4).index_select(0, lvl * nt + t)  # (n, 4) the matched targets in grid cells
+        size = g.sizes.index_select(0, lvl)  # (n, 4) the level's nx - 1, ny - 1, ny, nx
+        gij = torch.minimum((rows[:, :2] - g.offsets.index_select(0, o)).long().clamp_(min=0), size[:, :2])
+        gi, gj = gij.unbind(1)
+        b, cls = targets[:, :2].long().index_select(0, t).unbind(1)
+        cell = ((b * na + a) * size[:, 2] + gj) * size[:, 3] + gi
+        tbox = torch.cat((rows[:, :2] - gij, rows[:, 2:]), 1)
+        anchors = self.anchors.reshape(-1, 2).index_select(0, lvl * na + a)
+        fields = (b, a, gj, gi, cell, t, cls, tbox, anchors)  # Matches' order
+        return [Matches(*level) for level in zip(*(f.split(counts) for f in fields))]
 
-    def _nwd_scores(self, targets: torch.Tensor, grids: list[torch.Tensor]) -> torch.Tensor:
-        """(nl, na, nt) NWD of every ground truth to every anchor centred in its own cell, C = ``nwd_c`` input px."""
-        return torch.stack([nwd_anchor_scores(targets[:, 2:4] * g, targets[:, 4:6] * g, self.anchors[i], g,
-                                              self.hyp.nwd_c / self.strides[i]) for i, g in enumerate(grids)])
+    def _nwd_scores(self, gxy: torch.Tensor, gwh: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        """(nl, na, nt) NWD of every ground truth to every anchor centred in its own cell, C = ``nwd_c`` input px.
 
-    def _starved_pairs(self, targets: torch.Tensor, grids: list[torch.Tensor],
-                       matches: list[torch.Tensor]) -> torch.Tensor:
-        """(nl, na, nt) the ``assign_min_pos`` best pairs by NWD of the ground truths no ratio match reached."""
-        return starved_pairs(torch.stack(matches), self._nwd_scores(targets, grids), int(self.hyp.assign_min_pos))
+        ``gxy``, ``gwh``: (nl, nt, 2) targets in grid cells of each level; ``gain``: (nl, 4) starting with nx, ny."""
+        return torch.stack([nwd_anchor_scores(gxy[i], gwh[i], self.anchors[i], gain[i, :2],
+                                              self.hyp.nwd_c / self.strides[i]) for i in range(gxy.shape[0])])

@@ -39,14 +39,16 @@ def tfl_weights(wh_px: torch.Tensor, k: float = 1.6, s: float = 1024.0, piecewis
 
 
 def weight_positive_cells(loss: torch.Tensor, cell: torch.Tensor, w: torch.Tensor,
-                          divisor: torch.Tensor | None = None) -> torch.Tensor:
+                          divisor: torch.Tensor | None = None, overwrite: bool = False) -> torch.Tensor:
     """(N,) ``loss`` (flat per-cell losses >= 0) with each positive cell multiplied by the largest ``w`` (n,) >= 1
     among its matches (``cell`` (n,) flat indices, repeats allowed), then divided by ``divisor`` (scalar or None).
 
     Equals ``loss * weight_map`` (ones, positives the amax of ``w / divisor``): max_j(w_j * loss) = loss * max_j(w_j)
     for loss >= 0, and the map's own value never wins as w >= 1. One scatter instead of building a map keeps TFL
-    on/off at 1.02-1.05 x (bench_core; the map measured 1.06-1.08 x)."""
-    out = loss.scatter_reduce(0, cell, (loss[cell] * w).to(loss.dtype), reduce="amax")
+    on/off at 1.02-1.05 x (bench_core; the map measured 1.06-1.08 x). ``overwrite``: scatter into ``loss`` itself
+    (a temporary its caller drops; autograd still sees the original values) instead of into a copy of it."""
+    src = (loss.index_select(0, cell) * w).to(loss.dtype)
+    out = (loss.scatter_reduce_ if overwrite else loss.scatter_reduce)(0, cell, src, reduce="amax")
     if divisor is not None:  # a mask, not index_put: index_put's gradient would count a shared cell once per match
         positive = torch.zeros_like(out, dtype=torch.bool).index_fill_(0, cell, True)
         out = torch.where(positive, out / divisor, out)

@@ -23,9 +23,12 @@ from utils.atomic import atomic_write_text
 from utils.autoanchor import check_anchors, save_anchor_report
 from utils.dataloaders import LoadImagesAndLabels, create_dataloader
 from utils.hyp import Hyp
-from utils.loggers import RunLogger
+from utils.labels import require_labels
+from utils.loggers import MLflowLogger, RunLogger, mlflow_tracking_uri, run_artifacts
 from utils.loss import LOSS_NAMES, ComputeLoss
 from utils.plots import plot_labels, plot_results
+from utils.precision import FP32, Precision
+from utils.run_state import strip_final_weights
 from utils.torch_utils import ModelEMA, init_seeds, smart_optimizer
 from utils.train_utils import (
     NOMINAL_BATCH,
@@ -40,6 +43,8 @@ from utils.train_utils import (
 )
 
 LOGGER = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+MLRUNS = ROOT / "mlruns"  # --mlflow's local store when MLFLOW_TRACKING_URI is unset: beside the default runs/
 
 
 class NoEMA:
@@ -71,12 +76,13 @@ class Run:
     loss_fn: ComputeLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler  # AMP loss scaling, enabled on CUDA only
+    scaler: torch.amp.GradScaler  # AMP loss scaling, enabled with fp16 only (CUDA)
     ema: ModelEMA | NoEMA
     guard: NonFiniteGuard  # skips non-finite losses, stops after too many in a row
     stopper: EarlyStopping
     logger: RunLogger | None  # results.csv + TensorBoard, rank -1/0 only
     lock: Path | None = None  # the run folder's lock file, removed when the run ends
+    precision: Precision = FP32  # --amp's choice: the forward pass's autocast dtype (utils.precision)
 
     @property
     def main_process(self) -> bool:
@@ -95,6 +101,8 @@ def build_loaders(opt: argparse.Namespace, data: dict, hyp: Hyp, imgsz: int, str
     if main_process:
         val_loader = create_dataloader(data["val"], imgsz, batch_size * 2, stride, rect=True, rank=-1, pad=0.5,
                                        prefix="val: ", **kw)[0]
+        vds = val_loader.dataset  # refused now rather than at the first validation, epochs later
+        require_labels(vds.labels, vds.label_files, data["val"], prefix="val: ")
     if not opt.allow_skipped:
         source = str(data.get("yaml_file") or opt.data)
         for split, ds in (("train", dataset), ("val", val_loader.dataset if val_loader else None)):
@@ -115,10 +123,13 @@ def create_run_dir(opt: argparse.Namespace) -> tuple[Path, Path]:
     return save_dir, acquire_run_lock(save_dir)
 
 
-def start_run_files(save_dir: Path, opt, hyp: Hyp, dataset, names: dict, model: nn.Module, imgsz: int) -> None:
-    """hyp.yaml and opt.yaml; on a new run also labels.jpg and AutoAnchor (which may change the model's anchors)."""
+def start_run_files(save_dir: Path, opt, hyp: Hyp, dataset, names: dict, model: nn.Module, imgsz: int,
+                    precision: str = FP32.label) -> None:
+    """hyp.yaml and opt.yaml (the options plus ``precision``, --amp's choice: fp16+GradScaler, bf16 or fp32); on a
+    new run also labels.jpg and AutoAnchor (which may change the model's anchors)."""
     atomic_write_text(save_dir / "hyp.yaml", yaml.safe_dump(hyp.to_dict(), sort_keys=False))
-    atomic_write_text(save_dir / "opt.yaml", yaml.safe_dump(plain(vars(opt)), sort_keys=False))
+    atomic_write_text(save_dir / "opt.yaml", yaml.safe_dump({**plain(vars(opt)), "precision": precision},
+                                                            sort_keys=False))
     if opt.resume:
         return
     if not opt.noplots:
@@ -136,6 +147,18 @@ def build_optimizer(model: nn.Module, opt, hyp: Hyp):
     optimizer = smart_optimizer(model, opt.optimizer, hyp.lr0, hyp.momentum, decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, opt.epochs, hyp.lrf, opt.cos_lr))
     return optimizer, scheduler
+
+
+def start_mlflow(opt: argparse.Namespace, hyp: Hyp, save_dir: Path) -> MLflowLogger:
+    """--mlflow: an MLflow run named after the run folder in the experiment named after --project's folder, at
+    MLFLOW_TRACKING_URI or else the SQLite store in ``MLRUNS``; parameters 'opt/<flag>' and 'hyp/<key>'. Its id is
+    kept in ``opt.mlflow_run_id`` (saved in every checkpoint) so that --resume continues the same MLflow run."""
+    params = {**{f"opt/{k}": v for k, v in plain(vars(opt)).items()},
+              **{f"hyp/{k}": v for k, v in hyp.to_dict().items()}}
+    logger = MLflowLogger(mlflow_tracking_uri(MLRUNS), Path(opt.project).name, save_dir.name, params=params,
+                          run_id=getattr(opt, "mlflow_run_id", None), tags={"save_dir": str(save_dir)})
+    opt.mlflow_run_id = logger.run_id
+    return logger
 
 
 def setup_ddp(device: torch.device, local_rank: int) -> torch.device:
@@ -190,10 +213,14 @@ def all_ranks_stop(run: Run, stop: bool) -> bool:
 
 
 def finish(run: Run, epochs_done: int, t0: float) -> None:
-    """Close the logger, plot results.csv, say where everything is."""
-    run.logger.close()
+    """Plot results.csv, strip the optimiser from last.pt and best.pt (unless --keep-optimizer), hand the artefacts
+    to MLflow (--mlflow), close the logger, say where everything is."""
     if not run.opt.noplots:
         plot_results(run.save_dir / "results.csv")
+    if not run.opt.keep_optimizer:
+        strip_final_weights(run.save_dir / "weights")
+    run.logger.log_artifacts(run_artifacts(run.save_dir))
+    run.logger.close()
     LOGGER.info(f"{epochs_done} epochs completed in {(time.time() - t0) / 3600:.3f} hours. "
                 f"Results saved to {run.save_dir}")
 
