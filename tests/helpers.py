@@ -11,6 +11,7 @@ import yaml
 
 from data import synthetic
 from models.yolo import DetectionModel
+from utils.checkpoints import save_checkpoint
 from utils.hyp import load_hyp
 
 NAMES = ["car", "person", "boat"]  # the classes of make_model()'s model
@@ -51,6 +52,13 @@ def make_model(seed: int = 0) -> DetectionModel:
         b2[0, 4] += 9.0
         b2[0, 5] += 6.0
     return model.eval()
+
+
+def save_model_checkpoint(f: Path, opt: dict | None = None) -> Path:
+    """Save :func:`make_model`'s model as one of our checkpoints at ``f`` (``opt``: the run options it records,
+    e.g. ``{"imgsz": 128}`` for the trained size); returns ``f``."""
+    save_checkpoint(f, model=make_model(), epoch=0, best_fitness=None, hyp=None, opt=opt or {}, names=NAMES)
+    return f
 
 
 def make_image(h: int, w: int, seed: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from detect import main, read_yolo_txt, run, yolo_txt_lines
-from tests.helpers import NAMES, make_image, make_model
+from tests.helpers import NAMES, make_image, make_model, save_model_checkpoint
 from utils.checkpoints import CheckpointError, save_checkpoint
 from utils.inference import Detector, load_backend
 from utils.nms import non_max_suppression
@@ -22,8 +22,7 @@ from utils.nms import non_max_suppression
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     f = tmp_path_factory.mktemp("w") / "tiny.pt"
-    save_checkpoint(f, model=make_model(), epoch=0, best_fitness=None, hyp=None, opt={}, names=NAMES)
-    return f
+    return save_model_checkpoint(f)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from detect import run
 from models.yolo import DetectionModel
-from tests.helpers import NAMES, make_image, make_model, randomise_weights
+from tests.helpers import NAMES, make_image, randomise_weights, save_model_checkpoint
 from utils.checkpoints import CheckpointError, save_checkpoint
 from utils.hub import AutoShape
 from utils.results import XYWH_COLUMNS, XYXY_COLUMNS, Detections
@@ -35,8 +35,7 @@ def hub_load(entry: str, **kwargs):
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     f = tmp_path_factory.mktemp("w") / "tiny.pt"
-    save_checkpoint(f, model=make_model(), epoch=0, best_fitness=None, hyp=None, opt={"imgsz": IMGSZ}, names=NAMES)
-    return f
+    return save_model_checkpoint(f, {"imgsz": IMGSZ})
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 
 from detect import main, run
-from tests.helpers import NAMES, make_image, make_model
-from utils.checkpoints import save_checkpoint
+from tests.helpers import make_image, save_model_checkpoint
 from utils.inference import Detector
 from utils.sources import imread
 from utils.streams import Stream, is_image_url, is_stream_source, is_webcam, stream_sources, stream_stems
@@ -85,8 +84,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     f = tmp_path_factory.mktemp("w") / "tiny.pt"
-    save_checkpoint(f, model=make_model(), epoch=0, best_fitness=None, hyp=None, opt={}, names=NAMES)
-    return f
+    return save_model_checkpoint(f)
 
 
 @pytest.fixture(scope="module")
