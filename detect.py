@@ -20,7 +20,7 @@ from it is warned about. Images with the same name (from different folders of a 
 ``NAME_<hash of the path>`` instead of overwriting each other. A user error (missing weights or source, not a
 checkpoint, bad flags) is one line on stderr and exit status 1, and creates nothing under ``--project``.
 
-Streams (utils/streams.py) are read by a thread per stream: a video file served over HTTP gives every frame in
+Streams (utils/infer/streams.py) are read by a thread per stream: a video file served over HTTP gives every frame in
 order; live sources (cameras, RTSP, RTMP) give the newest frame (``--stream-buffer``: every frame). Each stream's
 results go to ``NAME.mp4`` (and ``labels/NAME_<frame>.txt``). A stream that stops giving frames is reopened
 ``--reconnects`` times, ``--reconnect-delay`` seconds apart, then stops with one warning line; what was done is
@@ -45,13 +45,12 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from utils.annotate import annotate, crop_box, save_image  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
-from utils.boxes import xyxy2xywh  # noqa: E402
 from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
-from utils.inference import Detector  # noqa: E402
-from utils.sources import LoadImages, output_stems  # noqa: E402
-from utils.streams import (  # noqa: E402
+from utils.dataset.sources import LoadImages, output_stems  # noqa: E402
+from utils.infer.annotate import annotate, crop_box, save_image  # noqa: E402
+from utils.infer.detector import Detector  # noqa: E402
+from utils.infer.streams import (  # noqa: E402
     LoadImageURL,
     LoadStreams,
     is_image_url,
@@ -60,7 +59,8 @@ from utils.streams import (  # noqa: E402
     stream_sources,
     stream_stems,
 )
-from utils.train_utils import increment_path  # noqa: E402
+from utils.ops.boxes import xyxy2xywh  # noqa: E402
+from utils.run_dirs import increment_path  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
     (n,), ``classes`` (n,), ``save_path`` (annotated file or None), ``txt_path`` (or None) and ``times_ms``
     (pre-process, inference, NMS). The run folder is in each dict's ``save_dir``; it is created only once the
     weights are loaded and the source holds images (streams: opened and gave a frame; image URL: downloaded).
-    ``imgsz`` (input px) defaults to the trained size. Streams: see the module docstring and utils/streams.py;
+    ``imgsz`` (input px) defaults to the trained size. Streams: see the module docstring and utils/infer/streams.py;
     a stream lost mid-way ends the run normally with the results so far.
 
     Raises FileNotFoundError (missing weights/source, message names it), CheckpointError (not a model),

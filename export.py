@@ -13,7 +13,7 @@ Formats (``--include``, any combination; files next to ``--output``, default nex
                ``--int8 --data D.yaml`` adds best-int8.onnx: ONNX Runtime static quantisation (QDQ, per-channel
                int8 weights, uint8 activations calibrated on ``--int8-images`` train images of D.yaml
                pre-processed as detect.py does; the Detect head's convolutions and decode stay float, see
-               utils/export_int8.py). Run it like any .onnx (val.py, detect.py, Detector).
+               utils/infer/export_int8.py). Run it like any .onnx (val.py, detect.py, Detector).
   torchscript  best.torchscript: ``torch.jit.trace``, loadable with ``torch.jit.load`` alone; metadata in its
                ``config.txt`` extra file (JSON), as YOLOv5 writes it.
   openvino     best_openvino_model/{best.xml, best.bin, best.yaml}: OpenVINO IR (fp32) converted from the ONNX
@@ -25,7 +25,7 @@ The model is rebuilt from the checkpoint (ours or official YOLOv5 v7.0) and Conv
 single output ``output0`` is the eval ``pred`` (batch, N, 5 + nc) ``[x, y, w, h, obj, cls...]`` in input pixels.
 Every format carries the metadata YOLOv5 v7.0's DetectMultiBackend reads (``stride`` as an int, ``names`` as a dict:
 a Python literal in ONNX ``metadata_props``) plus ours (``strides``, ``nc``, ``imgsz``, ``train_imgsz``, ``hyp``),
-read back by ``utils.inference.load_backend``. fp32 outputs must match PyTorch's: ``max |export - torch| /
+read back by ``utils.infer.detector.load_backend``. fp32 outputs must match PyTorch's: ``max |export - torch| /
 max(1, |torch|) <= --atol`` (1e-4: absolute for scores, relative for pixel coordinates; OpenVINO: 10x that), else
 the export fails with the figures; int8 differences are reported, not checked. ``--imgsz`` defaults to the size
 the checkpoint was trained at (640 when not recorded). A user error (missing weights, not a checkpoint, bad flags,
@@ -49,18 +49,20 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from data.prepare import check_dataset  # noqa: E402
 from utils.atomic import atomic_write_bytes  # noqa: E402
-from utils.backends import OpenVinoBackend, TorchScriptBackend, import_openvino  # noqa: E402
 from utils.checkpoints import load_model  # noqa: E402
-from utils.cli import ArgumentParser, UsageError, check_args, run_main  # noqa: E402
-from utils.export_formats import (  # noqa: E402
+from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
+from utils.errors import UsageError  # noqa: E402
+from utils.infer.backends import OpenVinoBackend, TorchScriptBackend, import_openvino  # noqa: E402
+from utils.infer.detector import default_imgsz  # noqa: E402
+from utils.infer.export_formats import (  # noqa: E402
     export_metadata,
     export_openvino,
     export_torchscript,
     export_yolov5_pt,
     onnx_props,
 )
-from utils.inference import default_imgsz  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript", "openvino", "yolov5-pt")
@@ -153,9 +155,9 @@ def _export_int8(fp32_data: bytes, props: dict[str, str], f: Path, hw: tuple[int
     and max relative xywh difference over boxes with objectness > 0.25 in either model."""
     import onnxruntime as ort
 
-    from utils.export_int8 import LetterboxReader, calibration_files, quantize_int8
+    from utils.infer.export_int8 import LetterboxReader, calibration_files, quantize_int8
 
-    files = calibration_files(data, n_images)
+    files = calibration_files(check_dataset(data), n_images)
     LOGGER.info(f"int8: calibrating on {len(files)} train images of {data} at {hw[0]}x{hw[1]} px")
     tmp = f.with_name(f".{f.name}.fp32.tmp")
     atomic_write_bytes(tmp, fp32_data)

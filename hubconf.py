@@ -5,10 +5,10 @@ Usage:
     model = torch.hub.load('owner/repo', 'yolov5s')                                   # official weights
     model = torch.hub.load('owner/repo', 'yolov5s', classes=3)                        # transferred to 3 classes
     model = torch.hub.load('.', 'custom', path='runs/train/exp/weights/best.pt', source='local')
-    results = model(['img1.jpg', pil_image, rgb_array], size=640)                     # utils.results.Detections
+    results = model(['img1.jpg', pil_image, rgb_array], size=640)                     # utils.infer.results.Detections
     results.print(); results.xyxy[0]; results.pandas().xyxy[0]; results.save(); results.crop()
 
-Importing this file imports nothing from the project and changes nothing; each entry imports ``utils.hub`` when
+Importing this file imports nothing from the project and changes nothing; each entry imports ``utils.infer.hub`` when
 called (torch.hub puts this folder on ``sys.path`` only while it loads an entry, so the project's modules are
 imported then). Errors are exceptions with one-line messages (FileNotFoundError, CheckpointError, DownloadError,
 ValueError, TypeError), never ``sys.exit``.
@@ -48,7 +48,7 @@ def custom(path: str = "path/to/model.pt", autoshape: bool = True, _verbose: boo
     printed unless logging is configured).
     """
     _check_packages()
-    from utils.hub import load_custom
+    from utils.infer.hub import load_custom
 
     return load_custom(path, device=device, autoshape=autoshape, half=half, conf=conf, iou=iou, size=size,
                        classes=classes, max_det=max_det, agnostic=agnostic, **settings)
@@ -56,7 +56,7 @@ def custom(path: str = "path/to/model.pt", autoshape: bool = True, _verbose: boo
 
 def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape: bool, device, settings: dict):
     _check_packages()
-    from utils.hub import create
+    from utils.infer.hub import create
 
     return create(name, pretrained, channels, classes, autoshape, device, **settings)
 

@@ -22,7 +22,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,187 +33,52 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import val as validate  # noqa: E402
-from models.yolo import DetectionModel  # noqa: E402
-from utils import evolve  # noqa: E402
-from utils.autoanchor import label_wh_pixels  # noqa: E402
+from data.prepare import check_dataset  # noqa: E402
 from utils.checkpoints import load_checkpoint  # noqa: E402
 from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
-from utils.copy_paste import check_paste_hyp  # noqa: E402
-from utils.dataset_yaml import check_dataset  # noqa: E402
-from utils.hyp import Hyp, load_hyp, parse_overrides  # noqa: E402
-from utils.loggers import RunLogger, check_mlflow  # noqa: E402
-from utils.loss import LOSS_NAMES, ComputeLoss, loss_gains  # noqa: E402
-from utils.metrics import fitness  # noqa: E402
-from utils.plots import plot_images, plot_tfl_auto  # noqa: E402
-from utils.precision import AMP_CHOICES, choose_precision, cpu_bf16_supported  # noqa: E402
-from utils.run_state import (  # noqa: E402
-    LoopState,
-    check_resumable,
-    find_resume_checkpoint,
-    restore_training_state,
-    save_epoch,
-)
-from utils.tfl import suggest_tfl  # noqa: E402
+from utils.config.hyp import load_hyp  # noqa: E402
+from utils.dataset.copy_paste import check_paste_hyp  # noqa: E402
+from utils.eval.metrics import fitness  # noqa: E402
+from utils.loss.compute_loss import LOSS_NAMES, ComputeLoss  # noqa: E402
+from utils.plots import plot_images  # noqa: E402
+from utils.run_dirs import check_run_lock, release_run_lock  # noqa: E402
 from utils.torch_utils import ModelEMA, autobatch, de_parallel, init_seeds, select_device  # noqa: E402
-from utils.train_run import (  # noqa: E402
-    NoEMA,
-    Run,
+from utils.train import evolve  # noqa: E402
+from utils.train.builders import (  # noqa: E402
     all_ranks_stop,
     build_loaders,
+    build_model,
     build_optimizer,
     create_run_dir,
     ddp_env,
     epoch_row,
     epoch_seed,
     finish,
+    freeze_layers,
     interrupted_message,
+    resolve_tfl_auto,
     seed_epoch,
-    set_warmup,
     setup_ddp,
     start_mlflow,
     start_run_files,
 )
-from utils.train_utils import (  # noqa: E402
-    EarlyStopping,
-    NonFiniteGuard,
-    check_freeze,
-    check_run_lock,
-    multi_scale_size,
-    release_run_lock,
-    rescale_batch,
-    transfer_weights,
-    validate_options,
+from utils.train.checks import check_freeze, validate_options  # noqa: E402
+from utils.train.loggers import RunLogger, check_mlflow  # noqa: E402
+from utils.train.loop import EarlyStopping, NonFiniteGuard, multi_scale_size, rescale_batch  # noqa: E402
+from utils.train.options import get_args_parser, hyp_overrides  # noqa: E402
+from utils.train.precision import choose_precision, cpu_bf16_supported  # noqa: E402
+from utils.train.run import NoEMA, Run  # noqa: E402
+from utils.train.schedule import set_warmup  # noqa: E402
+from utils.train.state import (  # noqa: E402
+    LoopState,
+    check_resumable,
+    find_resume_checkpoint,
+    restore_training_state,
+    save_epoch,
 )
 
 LOGGER = logging.getLogger(__name__)
 METRIC_KEYS = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------------
-def get_args_parser(parser: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """train.py's options; ``parser=utils.cli.ArgumentParser`` turns a bad flag into a one-line UsageError."""
-    p = parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", type=str, default="", help="initial weights: our .pt or an official YOLOv5 .pt")
-    p.add_argument("--cfg", type=str, default="", help="model YAML (default yolov5n.yaml when no --weights)")
-    p.add_argument("--data", type=str, default="data/synthetic-tiny.yaml", help="dataset YAML")
-    p.add_argument("--hyp", type=str, default="hyp/hyp.scratch-low.yaml", help="hyperparameter YAML")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all devices; -1: AutoBatch (CUDA)")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=128, help="train and val image size (px)")
-    p.add_argument("--rect", action="store_true", help="rectangular training batches")
-    p.add_argument("--nbs", type=int, default=64, help="nominal batch size: gradients accumulate up to it and weight "
-                   "decay is scaled to it (YOLOv5's fixed 64; smaller = more optimiser steps in a short schedule)")
-    p.add_argument("--multi-scale", action="store_true", help="each batch at a random stride-aligned size in "
-                   "[0.5, 1.5] x imgsz (as YOLOv5)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume a run: its last.pt or the latest")
-    p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
-    p.add_argument("--noval", action="store_true", help="only validate after the final epoch")
-    p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
-    p.add_argument("--noplots", action="store_true", help="save no plot files")
-    p.add_argument("--cache", type=str, nargs="?", const="ram", help="cache images in 'ram' (default) or on 'disk' "
-                   "(resized, as .npy files beside the images)")
-    p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
-    p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
-    p.add_argument("--allow-skipped", action="store_true", help="train even when more than 10%% of a split's images "
-                   "are skipped as corrupt")
-    p.add_argument("--optimizer", type=str, choices=["SGD", "Adam", "AdamW"], default="SGD")
-    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm, DDP only")
-    p.add_argument("--workers", type=int, default=2, help="max dataloader workers (per process in DDP)")
-    p.add_argument("--project", default=str(ROOT / "runs/train"), help="save to project/name")
-    p.add_argument("--name", default="exp", help="save to project/name")
-    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate schedule")
-    p.add_argument("--label-smoothing", type=float, default=None, help="class label smoothing epsilon")
-    p.add_argument("--patience", type=int, default=100, help="early stopping patience (epochs without improvement)")
-    p.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
-    p.add_argument("--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
-    p.add_argument("--keep-optimizer", action="store_true", help="keep the full training state in the final last.pt "
-                   "and best.pt (default: stripped as YOLOv5 does: fp16 weights, no optimizer)")
-    p.add_argument("--mlflow", action="store_true", help="also log params, metrics and artefacts to MLflow "
-                   "(MLFLOW_TRACKING_URI, else the SQLite store mlruns/mlflow.db beside runs/; needs mlflow-skinny)")
-    p.add_argument("--seed", type=int, default=0, help="global training seed")
-    p.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="mixed precision: auto = fp16+GradScaler on "
-                   "CUDA, bf16 on CPUs with AVX512-BF16/AMX, else fp32; on = the same, warning when only fp32 is "
-                   "possible; off = fp32")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
-    # Ours: Tiny Focal Loss and box-loss overrides (they win over the hyp YAML and are saved with the run)
-    p.add_argument("--tfl", choices=["on", "off", "auto"], default=None,
-                   help="Tiny Focal Loss: on/off (overrides the hyp file) or auto (the paper's rule from label sizes)")
-    p.add_argument("--tfl-k", type=float, default=None, help="TFL focusing coefficient k >= 0")
-    p.add_argument("--tfl-s", type=float, default=None, help="TFL tiny/big area S in input px^2")
-    p.add_argument("--tfl-piecewise", action="store_true", default=None, help="TFL weight 1 for areas >= S")
-    p.add_argument("--tfl-norm", choices=["sum", "mean"], default=None, help="TFL normalisation")
-    p.add_argument("--tfl-terms", nargs="+", default=None, help="loss terms TFL weights: box obj cls")
-    p.add_argument("--box-loss", default=None, help="ciou | giou | diou | iou | eiou | focal_eiou | nwd | ...")
-    p.add_argument("--hyp-set", nargs="+", default=[], metavar="KEY=VALUE", help="override any hyperparameter")
-    p.add_argument("--tiny-area", type=float, default=None, help="validation's tiny/big size-bucket split, area in "
-                   "original-image px² as val.py's buckets (default: the hyp's tfl_s)")
-    # Hyperparameter search (utils/evolve.py)
-    p.add_argument("--evolve", type=int, nargs="?", const=300, default=None, help="Optuna search: train trials "
-                   "until the study holds N finished ones (300 without N); with --resume [FOLDER]: continue a study")
-    p.add_argument("--evolve-space", default=str(evolve.DEFAULT_SPACE), help="search-space YAML of --evolve")
-    p.add_argument("--evolve-fitness", choices=evolve.FITNESS_MODES, default="all", help="objective of --evolve: "
-                   "all = 0.1 mAP@.5 + 0.9 mAP@.5:.95; tiny = the same on the tiny bucket; tiny50 = its mAP@.5")
-    return p
-
-
-def hyp_overrides(opt: argparse.Namespace) -> dict[str, Any]:
-    """Command-line hyperparameter overrides: ``--hyp-set key=value`` strings (parsed against each key's declared
-    type by utils.hyp) and, winning over them, the explicit flags as typed values."""
-    out: dict[str, Any] = parse_overrides(opt.hyp_set)
-    flags = {"tfl_k": opt.tfl_k, "tfl_s": opt.tfl_s, "tfl_piecewise": opt.tfl_piecewise, "tfl_norm": opt.tfl_norm,
-             "box_loss": opt.box_loss, "label_smoothing": opt.label_smoothing,
-             "tfl_terms": tuple(opt.tfl_terms) if opt.tfl_terms else None}
-    if opt.tfl in ("on", "off"):
-        flags["tfl"] = opt.tfl == "on"
-    out.update({k: v for k, v in flags.items() if v is not None})
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Building blocks
-# ----------------------------------------------------------------------------------------------------------------
-def build_model(opt: argparse.Namespace, nc: int, hyp: Hyp, device: torch.device) -> nn.Module:
-    """Model from --cfg (or the weights' own YAML), with every matching tensor of --weights transferred."""
-    ckpt = load_checkpoint(opt.weights) if opt.weights else None
-    cfg = opt.cfg or (ckpt["model_yaml"] if ckpt else "yolov5n.yaml")
-    model = DetectionModel(cfg, ch=3, nc=nc, anchors=int(hyp.anchors) if hyp.anchors else None).to(device)
-    if ckpt:
-        state = ckpt.get("ema") or ckpt["model"]
-        exclude = ("anchor",) if (opt.cfg or hyp.anchors) and not opt.resume else ()
-        n, total = transfer_weights(model, {k: v.float() for k, v in state.items()}, exclude)
-        LOGGER.info(f"Transferred {n}/{total} items from {opt.weights}")
-    return model
-
-
-def freeze_layers(model: nn.Module, freeze: list[int]) -> None:
-    """Freeze ``model.{i}.`` parameters for the listed layers (one number n means the first n layers)."""
-    layers = freeze if len(freeze) > 1 else range(freeze[0])
-    prefixes = [f"model.{x}." for x in layers]
-    for k, v in model.named_parameters():
-        v.requires_grad = not any(k.startswith(p) for p in prefixes)
-        if not v.requires_grad:
-            LOGGER.info(f"freezing {k}")
-
-
-def resolve_tfl_auto(hyp: Hyp, dataset, imgsz: int, save_dir: Path, plots: bool) -> Hyp:
-    """``--tfl auto``: the paper's rule applied to the training labels' sizes at the training image size."""
-    sides = label_sides_px(dataset, imgsz)
-    k, piecewise, reason = suggest_tfl(torch.from_numpy(sides), imgsz, default_k=hyp.tfl_k)
-    lo, mid, hi = (float(f(sides)) if len(sides) else 0.0 for f in (np.min, np.median, np.max))
-    LOGGER.info(f"TFL auto: {len(sides)} labels, side px min {lo:.1f} / median {mid:.1f} / max {hi:.1f} -> {reason}")
-    hyp = hyp.replace(tfl=True, tfl_k=k, tfl_piecewise=piecewise)
-    if plots:
-        plot_tfl_auto(sides**2, hyp, save_dir / "tfl_auto.png")
-    return hyp
-
-
-def label_sides_px(dataset, imgsz: int) -> np.ndarray:
-    """sqrt(area) of every training label in input pixels, images letterboxed to ``imgsz`` (long side)."""
-    wh = label_wh_pixels(dataset.shapes, dataset.labels, imgsz, scale_jitter=None)
-    return np.sqrt(wh[:, 0] * wh[:, 1])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -306,7 +170,7 @@ def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
             start_run_files(save_dir, opt, hyp, dataset, names, model, imgsz, precision=precision.label)
         freeze_layers(model, opt.freeze)
         model.nc, model.names, model.hyp = nc, names, hyp
-        loss_fn = ComputeLoss(model, hyp, gains=loss_gains(hyp, de_parallel(model).model[-1].nl, nc, imgsz))
+        loss_fn = ComputeLoss(model, hyp, imgsz=imgsz)
         optimizer, scheduler = build_optimizer(model, opt, hyp)
         scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
         run = Run(opt=opt, hyp=hyp, data=data, names=names, device=device, rank=rank, local_rank=local_rank,
@@ -411,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     opt = argparse.Namespace()
 
     def call() -> None:
-        vars(opt).update(vars(get_args_parser(ArgumentParser).parse_args(argv)))
+        vars(opt).update(vars(get_args_parser(ArgumentParser, __doc__).parse_args(argv)))
         if opt.evolve is not None:
-            evolve.run_evolve(opt, train, load_hyp(opt.hyp, hyp_overrides(opt)))
+            evolve.run_evolve(opt, train, load_hyp(opt.hyp, hyp_overrides(opt)), check_dataset)
         else:
             train(opt)
 

@@ -37,21 +37,22 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from data.prepare import check_dataset  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
-from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
 from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
-from utils.coco_eval import coco_evaluate, detections_to_coco_json, image_id_from_path, yolo_labels_to_coco  # noqa: E402
-from utils.dataloaders import create_dataloader  # noqa: E402
-from utils.dataset_yaml import DatasetError, check_dataset  # noqa: E402
-from utils.ignore import centres_in_areas, to_pixels  # noqa: E402
-from utils.inference import default_imgsz, load_backend, warn_far_from_trained  # noqa: E402
-from utils.labels import require_labels  # noqa: E402
-from utils.metrics import ConfusionMatrix, match_predictions, mean_results, pr_curves  # noqa: E402
-from utils.nms import non_max_suppression  # noqa: E402
+from utils.dataset.dataloaders import create_dataloader  # noqa: E402
+from utils.dataset.ignore import centres_in_areas, to_pixels  # noqa: E402
+from utils.dataset.labels import require_labels  # noqa: E402
+from utils.dataset.sources import output_stems  # noqa: E402
+from utils.errors import DatasetError, UsageError  # noqa: E402
+from utils.eval.coco_eval import coco_evaluate, detections_to_coco_json, image_id_from_path, yolo_labels_to_coco  # noqa: E402
+from utils.eval.metrics import ConfusionMatrix, match_predictions, mean_results, pr_curves  # noqa: E402
+from utils.eval.size_metrics import SizeBucketStats, format_size_table, size_buckets  # noqa: E402
+from utils.infer.detector import default_imgsz, load_backend, warn_far_from_trained  # noqa: E402
+from utils.ops.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
+from utils.ops.nms import non_max_suppression  # noqa: E402
 from utils.plots import plot_confusion_matrix, plot_images, plot_metric_curves, plot_val_study  # noqa: E402
-from utils.size_metrics import SizeBucketStats, format_size_table, size_buckets  # noqa: E402
-from utils.sources import output_stems  # noqa: E402
-from utils.train_utils import increment_path  # noqa: E402
+from utils.run_dirs import increment_path  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
 IOUV = torch.linspace(0.5, 0.95, 10)  # IoU thresholds of mAP@.5:.95
@@ -101,7 +102,7 @@ def bucket_spec(spec: list[str] | str) -> str | list[float]:
     except ValueError:
         if len(spec) == 1:
             return spec[0]  # a scheme name; size_buckets rejects unknown ones
-        raise ValueError(f"--size-buckets: expected tiny, coco, aitod or numbers, got {spec}") from None
+        raise UsageError(f"--size-buckets: expected tiny, coco, aitod or numbers, got {spec}") from None
 
 
 class Accumulator:
@@ -185,7 +186,7 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
     acc = Accumulator(nc, size_buckets(bucket_spec(size_buckets_spec), tfl_s or 1024.0))  # checks the spec
     names = names or ({0: "item"} if single_cls else data["names"])
     if backend is not None and backend.nc is not None and backend.nc != nc and not single_cls:
-        raise ValueError(f"{weights} was trained for {backend.nc} classes but {data.get('yaml_file')} has {nc}: "
+        raise DatasetError(f"{weights} was trained for {backend.nc} classes but {data.get('yaml_file')} has {nc}: "
                          "pass --single-cls or the matching data YAML")
     if dataloader is None:  # labels are checked against the data's classes; single_cls collapses them afterwards
         dataloader = create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=0.5, rect=True,

@@ -1,12 +1,11 @@
 """Core speed: ours / reference YOLOv5 v7.0, measured in one run on the same inputs.
 
 1. a full training step (forward, ComputeLoss, backward, SGD step): yolov5n, batch 8, 320 px, in fp32; then, when
-   ``train.py --amp auto`` would choose bf16 on this CPU (AVX512-BF16/AMX, utils/precision.py), ours in bf16 vs the
-   reference in fp32 (``--force-bf16``: time bf16 anyway, for information: emulated, hence slow, without them);
-2. eval forward + NMS: yolov5n, batch 1, 640 px;
-3. ComputeLoss alone (``loss_section``; also ``benchmarks/bench_loss.py``), median of paired ratios, at YOLOv5's
-   default training batch 16 x 640 px and at batch 8 x 320 px: ours (TFL off) / reference (target <= 1.0) and
-   ours TFL on / off (target <= 1.05 at 16 x 640 px).
+   ``train.py --amp auto`` would choose bf16 on this CPU (AVX512-BF16/AMX, utils/train/precision.py), ours in bf16 vs
+   the reference in fp32 (``--force-bf16``: time bf16 anyway, for information: emulated, hence slow, without them); 2.
+   eval forward + NMS: yolov5n, batch 1, 640 px; 3. ComputeLoss alone (``loss_section``; also
+   ``benchmarks/bench_loss.py``), median of paired ratios, at YOLOv5's default training batch 16 x 640 px and at batch 8
+   x 320 px: ours (TFL off) / reference (target <= 1.0) and ours TFL on / off (target <= 1.05 at 16 x 640 px).
 
 Timings alternate ours / reference repetition by repetition so machine noise hits both alike; the median of the
 repetitions is reported. Two intra-op threads by default (``--threads``).
@@ -30,10 +29,15 @@ sys.path.insert(0, str(ROOT))
 
 from models.yolo import DetectionModel  # noqa: E402
 from tests.oracle import load_oracle  # noqa: E402
-from utils.hyp import load_hyp  # noqa: E402
-from utils.loss import ComputeLoss  # noqa: E402
-from utils.nms import non_max_suppression  # noqa: E402
-from utils.precision import BF16, FP32, Precision, choose_precision, cpu_bf16_supported  # noqa: E402
+from utils.config.hyp import load_hyp  # noqa: E402
+from utils.loss.compute_loss import ComputeLoss  # noqa: E402
+from utils.ops.nms import non_max_suppression  # noqa: E402
+from utils.train.precision import BF16, FP32, Precision, choose_precision, cpu_bf16_supported  # noqa: E402
+
+
+def yolo_gains(hyp) -> tuple[float, float, float]:
+    """The (box, obj, cls) gains YOLOv5's ComputeLoss reads from ``model.hyp``: the hyp's values as they are."""
+    return hyp.box, hyp.obj, hyp.cls
 
 
 def make_targets(bs: int, per_image: int = 12, seed: int = 0) -> torch.Tensor:
@@ -112,7 +116,8 @@ def loss_section(model: torch.nn.Module, ref_loss, hyp, reps: int) -> None:
     loss's fixed per-call cost (its small tensor ops) weighs more. Single calls alternate in pairs, so drifts of a
     shared machine cancel in each pair's ratio.
     """
-    off, on = ComputeLoss(model, hyp), ComputeLoss(model, load_hyp("hyp.tfl.yaml"))
+    tfl = load_hyp("hyp.tfl.yaml")
+    off, on = ComputeLoss(model, hyp, gains=yolo_gains(hyp)), ComputeLoss(model, tfl, gains=yolo_gains(tfl))
     det = model.model[-1]
     for bs, imgsz, tfl_target in ((16, 640, "target <= 1.05"), (8, 320, "TFL's fixed per-call cost")):
         g = torch.Generator().manual_seed(1)
@@ -153,7 +158,8 @@ def main() -> None:
     ours.to(memory_format=torch.channels_last)
     imgs_cl = imgs.contiguous(memory_format=torch.channels_last)
     ours.train(), ref.train()
-    t_ours, t_ref = alternate(train_step_fn(ours, ComputeLoss(ours, hyp), imgs_cl, targets),
+    ours_loss = ComputeLoss(ours, hyp, gains=yolo_gains(hyp))
+    t_ours, t_ref = alternate(train_step_fn(ours, ours_loss, imgs_cl, targets),
                               train_step_fn(ref, o.loss.ComputeLoss(ref), imgs, targets), args.reps)
     print(f"train step  yolov5n bs8 320px : ours {t_ours * 1e3:8.1f} ms   ref {t_ref * 1e3:8.1f} ms   "
           f"ratio {t_ours / t_ref:.3f}")
@@ -164,7 +170,7 @@ def main() -> None:
     if args.force_bf16 and BF16 not in precisions:
         precisions.append(BF16)
     for prec in precisions:
-        t_p, t_r, ratio = paired_ratio(train_step_fn(ours, ComputeLoss(ours, hyp), imgs_cl, targets, prec),
+        t_p, t_r, ratio = paired_ratio(train_step_fn(ours, ours_loss, imgs_cl, targets, prec),
                                        train_step_fn(ref, o.loss.ComputeLoss(ref), imgs, targets), args.reps, 1)
         print(f"train step  {prec.label:>4} vs ref fp32      : ours {t_p * 1e3:8.1f} ms   ref {t_r * 1e3:8.1f} ms   "
               f"ratio {ratio:.3f} (median of {args.reps} paired steps)")

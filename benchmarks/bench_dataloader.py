@@ -22,8 +22,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data.synthetic import generate  # noqa: E402
-from utils.dataloaders import LoadImagesAndLabels  # noqa: E402
-from utils.hyp import load_hyp  # noqa: E402
+from utils.config.hyp import load_hyp  # noqa: E402
+from utils.dataset.dataloaders import LoadImagesAndLabels  # noqa: E402
 
 
 def rate(ds, indices: list[int]) -> float:

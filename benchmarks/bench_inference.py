@@ -36,7 +36,7 @@ import export  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
 from tests.oracle import load_oracle  # noqa: E402
 from utils.checkpoints import save_checkpoint  # noqa: E402
-from utils.inference import load_backend  # noqa: E402
+from utils.infer.detector import load_backend  # noqa: E402
 from utils.torch_utils import count_gflops  # noqa: E402
 
 

@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.coco_eval import coco_evaluate, detections_to_coco_json  # noqa: E402
-from utils.metrics import ap_per_class, match_predictions, mean_results, pr_curves  # noqa: E402
-from utils.size_metrics import SizeBucketStats, format_size_table  # noqa: E402
+from utils.eval.coco_eval import coco_evaluate, detections_to_coco_json  # noqa: E402
+from utils.eval.metrics import ap_per_class, match_predictions, mean_results, pr_curves  # noqa: E402
+from utils.eval.size_metrics import SizeBucketStats, format_size_table  # noqa: E402
 
 
 def synthetic(n_images: int, nc: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.warmup >= a.epochs:
         raise SystemExit(f"--epochs {a.epochs} must exceed --warmup {a.warmup}: nothing would be timed")
     sys.path.insert(0, str(ROOT))
-    from utils.dataset_yaml import check_dataset
+    from data.prepare import check_dataset
 
     data = check_dataset(a.data)  # generates the synthetic data on first use
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))

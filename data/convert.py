@@ -32,8 +32,8 @@ import yaml
 from data import convert_coco, convert_visdrone, convert_xview
 from data.convert_common import DROP_REASONS, Converter, Counts, Output, extract_archives
 from utils.atomic import atomic_write_json
-from utils.dataset_yaml import DatasetError
-from utils.ignore import IgnoreFileError
+from utils.dataset.ignore import IgnoreFileError
+from utils.errors import DatasetError
 
 MARKER = "convert.json"
 CONVERTERS: dict[str, Converter] = {c.name: c for c in (convert_visdrone.CONVERTER, convert_coco.AITOD,

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.convert_common import Converter, Output, first_existing, image_size, safe_relpath
-from utils.dataset_yaml import DatasetError
+from utils.errors import DatasetError
 
 AITOD_NAMES = ("airplane", "bridge", "storage-tank", "ship", "swimming-pool", "vehicle", "person", "wind-mill")
 AITOD_DEFAULTS: dict[str, Any] = {"splits": {s: {"annotations": f"annotations/aitodv2_{s}.json",

@@ -5,7 +5,8 @@ Output layout (what every converter writes under DST):
 - ``images/{split}/REL``: the original image, hard-linked (copied when linking fails, e.g. across file systems);
 - ``labels/{split}/REL.txt``: ``cls x y w h`` per object, **normalised**, 6 decimals; written for every image
   (empty when the image has no targets);
-- ``labels/{split}/REL.ignore.txt``: ignore areas ``x1 y1 x2 y2`` normalised (``utils/ignore.py``), only for images
+- ``labels/{split}/REL.ignore.txt``: ignore areas ``x1 y1 x2 y2`` normalised (``utils/dataset/ignore.py``), only for
+  images
   that have any;
 - ``labels/{split}/REL.flags.txt``: per-object flags for analysis (VisDrone truncation/occlusion, TinyPerson
   uncertain), only for converters that have flags and images with targets: a ``# col1 col2`` header line, then one
@@ -29,8 +30,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from utils.dataset_yaml import DatasetError
-from utils.ignore import format_ignore, ignore_file_for
+from utils.dataset.ignore import format_ignore, ignore_file_for
+from utils.errors import DatasetError
 
 FLAGS_SUFFIX = ".flags.txt"
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz")

@@ -24,8 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from data.convert_common import Converter, Output, image_size
-from utils.dataset_yaml import DatasetError
-from utils.labels import IMG_FORMATS
+from utils.dataset.labels import IMG_FORMATS
+from utils.errors import DatasetError
 
 NAMES = ("pedestrian", "people", "bicycle", "car", "van", "truck", "tricycle", "awning-tricycle", "bus", "motor")
 IGNORED, OTHERS = 0, 11

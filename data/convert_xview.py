@@ -25,8 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from data.convert_common import Converter, Output, first_existing, image_size, safe_relpath
-from utils.dataset_yaml import DatasetError
-from utils.labels import IMG_FORMATS
+from utils.dataset.labels import IMG_FORMATS
+from utils.errors import DatasetError
 
 TYPE_IDS = (11, 12, 13, 15, 17, 18, 19, 20, 21, 23, 24, 25, 26, 27, 28, 29, 32, 33, 34, 35, 36, 37, 38, 40, 41, 42, 44,
             45, 47, 49, 50, 51, 52, 53, 54, 55, 56, 57, 59, 60, 61, 62, 63, 64, 65, 66, 71, 72, 73, 74, 76, 77, 79, 83,

@@ -5,16 +5,16 @@ CLI: ``python -m data.tile --data xView.yaml --size 640 --overlap 0.2 --min-visi
 val] [--skip-empty]``
 
 Decisions (documented here once):
-- **Grid**: the tile origins are ``utils.slicing.make_tiles``'s (starts advance by ``round(size * (1 - overlap))``,
-  the last tile of a row/column flush with the image border), so training tiles and sliced inference cut an
-  image at the same places. An image narrower/shorter than ``size`` gives one tile along that axis that is the
-  whole image along it, **not padded** (the dataloader letterboxes it like any small image).
+- **Grid**: the tile origins are ``utils.infer.slicing.make_tiles``'s (starts advance by
+  ``round(size * (1 - overlap))``, the last tile of a row/column flush with the image border), so training tiles
+  and sliced inference cut an image at the same places. An image narrower/shorter than ``size`` gives one tile
+  along that axis that is the whole image along it, **not padded** (the dataloader letterboxes it like any small image).
 - **Labels**: an object is kept in a tile iff ``intersection area / object area >= min_visible`` (and the
   intersection is not empty); it is then clipped to the tile and re-normalised to the tile. Otherwise it is
   *dropped* from that tile and counted; an object kept in no tile at all is *lost* (also counted). The
   comparison allows ``VIS_TOL``: label files hold float32-rounded numbers, so an object exactly half inside a
   tile is kept at ``min_visible`` 0.5.
-- **Ignore areas** (``labels/NAME.ignore.txt``, format in ``utils/ignore.py``) are clipped to each tile they
+- **Ignore areas** (``labels/NAME.ignore.txt``, format in ``utils/dataset/ignore.py``) are clipped to each tile they
   overlap (any overlap: an ignored region stays ignored however little of it is in the tile); a tile without any
   gets no ignore file.
 - **Files**: ``DIR/images/<split>/NAME_x{x0}_y{y0}.ext`` (sub-folders of the split kept), labels beside as YOLOv5
@@ -44,11 +44,12 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from utils.dataset_yaml import DatasetError, check_dataset
-from utils.ignore import format_ignore, ignore_file_for, load_ignore
-from utils.labels import LabelError, cache_key, img2label_paths, parse_label_file
-from utils.slicing import make_tiles
-from utils.sources import DatasetNotFoundError, imread, list_image_files
+from data.prepare import check_dataset
+from utils.dataset.ignore import format_ignore, ignore_file_for, load_ignore
+from utils.dataset.labels import LabelError, cache_key, img2label_paths, parse_label_file
+from utils.dataset.sources import DatasetNotFoundError, imread, list_image_files
+from utils.errors import DatasetError, UsageError
+from utils.infer.slicing import make_tiles
 
 VERSION = 1  # bump when the tiling rules or the output layout change, so old tile folders are redone
 MARKER, PARTIAL, DATA_YAML = "tile.json", ".tile-incomplete", "data.yaml"
@@ -73,13 +74,13 @@ class TileParams:
     def check(self) -> None:
         """Raise ValueError naming the bad parameter."""
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"--size must be a positive number of pixels, got {self.size!r}")
+            raise UsageError(f"--size must be a positive number of pixels, got {self.size!r}")
         if not 0 <= self.overlap < 1:
-            raise ValueError(f"--overlap must be a fraction in [0, 1), got {self.overlap}")
+            raise UsageError(f"--overlap must be a fraction in [0, 1), got {self.overlap}")
         if not 0 <= self.min_visible <= 1:
-            raise ValueError(f"--min-visible must be a fraction in [0, 1], got {self.min_visible}")
+            raise UsageError(f"--min-visible must be a fraction in [0, 1], got {self.min_visible}")
         if not self.splits:
-            raise ValueError("--splits needs at least one split (train, val or test)")
+            raise UsageError("--splits needs at least one split (train, val or test)")
 
 
 @dataclass

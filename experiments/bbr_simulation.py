@@ -6,7 +6,7 @@ anchors at each, 7 targets of area 100 at (10, 10) with the same aspect ratios. 
 square around (10, 10), 3 x 3 anchors, 3 targets. "Scale" is the box area (a 1:1 box of scale 100 is 10 x 10).
 
 Choices (the same for every loss, so that the losses compare on equal terms):
-- Parameters are (cx, cy, w, h); the loss sees them through ``utils.boxes.xywh2xyxy``.
+- Parameters are (cx, cy, w, h); the loss sees them through ``utils.ops.boxes.xywh2xyxy``.
 - The update is ``B <- B - lr * grad`` (the paper prints ``+``: a sign typo), lr 0.1 until 0.8 T, 0.01 until
   0.9 T, 0.001 after. No IoU-dependent scaling such as DIoU's ``(2 - IoU)``, which would change the losses' relative
   speed. Coordinates are expressed in units of the target side (sqrt(100) = 10 px): IoU-type losses are scale-free,
@@ -39,9 +39,9 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.box_geometry import box_geometry  # noqa: E402
-from utils.box_losses import get_box_loss  # noqa: E402
-from utils.boxes import xywh2xyxy  # noqa: E402
+from utils.ops.box_geometry import box_geometry  # noqa: E402
+from utils.ops.box_losses import get_box_loss  # noqa: E402
+from utils.ops.boxes import xywh2xyxy  # noqa: E402
 from utils.plots import new_figure, save_figure  # noqa: E402
 
 

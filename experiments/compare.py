@@ -48,7 +48,7 @@ from experiments.variants import (  # noqa: E402, F401  (re-exported: compare.VA
     split_top,
 )
 from utils.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
-from utils.hyp import HYP_DIR  # noqa: E402
+from utils.config.hyp import HYP_DIR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "compare_run.json"

@@ -7,7 +7,7 @@ can be rebuilt from the run folders alone. Statistics:
   with fewer than 2 values;
 - p: two-sided paired t-test (``scipy.stats.ttest_rel``) of a variant against the baseline over the seeds both have
   a finite value for; NaN ("n/a") with fewer than 2 pairs or when the paired differences have zero variance.
-Size buckets (e.g. 'tiny' / 'big') are areas in original-image px², as computed by utils/size_metrics.py.
+Size buckets (e.g. 'tiny' / 'big') are areas in original-image px², as computed by utils/eval/size_metrics.py.
 ``git_commit`` and ``machine`` give the run facts the report records.
 """
 

@@ -37,10 +37,10 @@ def mean_tfl_weight(data: str, imgsz: int, batches: int = 20, seed: int = 0) -> 
     average, i.e. the loss scale that the controls give the baseline without any size dependence."""
     import torch
 
-    from utils.dataloaders import create_dataloader
-    from utils.dataset_yaml import check_dataset
-    from utils.hyp import load_hyp
-    from utils.tfl import tfl_weights
+    from data.prepare import check_dataset
+    from utils.config.hyp import load_hyp
+    from utils.dataset.dataloaders import create_dataloader
+    from utils.loss.tfl import tfl_weights
 
     hyp = load_hyp("hyp.tfl.yaml")
     d = check_dataset(data)

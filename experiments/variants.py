@@ -7,10 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from utils.hyp import HYP_DIR, HypError, load_hyp
+from utils.config.hyp import HYP_DIR, HypError, load_hyp
+from utils.errors import UserError
 
 
-class CompareError(ValueError):
+class CompareError(UserError):
     """Bad variants, sweeps or arguments, or a run folder that holds a different configuration."""
 
 

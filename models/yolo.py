@@ -23,6 +23,7 @@ import yaml
 from torch import nn
 
 from models.common import C3, SPPF, Bottleneck, Concat, Conv
+from utils.errors import UserError
 from utils.torch_utils import initialize_weights, model_info, scale_img, time_sync
 
 LOGGER = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ OPTIONAL_KEYS = ("ch", "inplace")  # input channels (saved by v7.0 in model.yaml
 def make_divisible(x: float, divisor: int) -> int:
     """Smallest multiple of ``divisor`` that is >= x."""
     return math.ceil(x / divisor) * divisor
+
+
+class ModelConfigError(UserError):
+    """A model YAML (``--cfg``) that cannot build a model; the message names the file or layer and the problem."""
 
 
 class Detect(nn.Module):
@@ -108,29 +113,29 @@ def _resolve_arg(a: Any, names: dict[str, Any]) -> Any:
 def _check_cfg(d: Any, src: str) -> None:
     """Raise ValueError naming ``src`` and the key when the top level of a model dict is invalid."""
     if not isinstance(d, dict):
-        raise ValueError(f"{src}: model config must be a mapping, got {type(d).__name__}")
+        raise ModelConfigError(f"{src}: model config must be a mapping, got {type(d).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in d]
     if missing:
-        raise ValueError(f"{src}: missing key(s) {missing} (required: {list(REQUIRED_KEYS)})")
+        raise ModelConfigError(f"{src}: missing key(s) {missing} (required: {list(REQUIRED_KEYS)})")
     unknown = [k for k in d if k not in REQUIRED_KEYS + OPTIONAL_KEYS]
     if unknown:  # e.g. v7.0's 'activation', which it eval()s: not supported
-        raise ValueError(f"{src}: unknown key(s) {unknown} (allowed: {list(REQUIRED_KEYS + OPTIONAL_KEYS)})")
+        raise ModelConfigError(f"{src}: unknown key(s) {unknown} (allowed: {list(REQUIRED_KEYS + OPTIONAL_KEYS)})")
     if not isinstance(d["nc"], int) or isinstance(d["nc"], bool) or d["nc"] < 1:
-        raise ValueError(f"{src}: 'nc' must be a positive integer, got {d['nc']!r}")
+        raise ModelConfigError(f"{src}: 'nc' must be a positive integer, got {d['nc']!r}")
     for k in ("depth_multiple", "width_multiple"):
         if not isinstance(d[k], (int, float)) or d[k] <= 0:
-            raise ValueError(f"{src}: {k!r} must be a positive number, got {d[k]!r}")
+            raise ModelConfigError(f"{src}: {k!r} must be a positive number, got {d[k]!r}")
     a = d["anchors"]
     if isinstance(a, int) and not isinstance(a, bool):
         if a < 1:
-            raise ValueError(f"{src}: 'anchors' as a count must be >= 1, got {a}")
+            raise ModelConfigError(f"{src}: 'anchors' as a count must be >= 1, got {a}")
     elif not (isinstance(a, (list, tuple)) and a and all(isinstance(r, (list, tuple)) for r in a)
               and all(len(r) == len(a[0]) and len(r) % 2 == 0 and len(r) > 0 for r in a)):
-        raise ValueError(f"{src}: 'anchors' must be an int or a list of equal, even-length lists "
+        raise ModelConfigError(f"{src}: 'anchors' must be an int or a list of equal, even-length lists "
                          f"[w1, h1, w2, h2, ...] per level, got {a!r}")
     for k in ("backbone", "head"):
         if not isinstance(d[k], list):
-            raise ValueError(f"{src}: {k!r} must be a list of [from, number, module, args] layers")
+            raise ModelConfigError(f"{src}: {k!r} must be a list of [from, number, module, args] layers")
 
 
 def _check_from(i: int, f: Any, multi: bool, name: str) -> list[int]:
@@ -138,10 +143,10 @@ def _check_from(i: int, f: Any, multi: bool, name: str) -> list[int]:
     fs = f if isinstance(f, list) else [f]
     if multi != isinstance(f, list) or not fs or not all(isinstance(x, int) and not isinstance(x, bool) for x in fs):
         want = "a list of layer indices" if multi else "one layer index"
-        raise ValueError(f"layer {i} ({name}): 'from' must be {want}, got {f!r}")
+        raise ModelConfigError(f"layer {i} ({name}): 'from' must be {want}, got {f!r}")
     for x in fs:
         if x != -1 and not -i <= x < i:
-            raise ValueError(f"layer {i} ({name}): 'from' index {x} out of range (layers before it: 0..{i - 1})")
+            raise ModelConfigError(f"layer {i} ({name}): 'from' index {x} out of range (layers before it: 0..{i - 1})")
     return fs
 
 
@@ -157,21 +162,21 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
     layers, save, c2 = [], [], ch[-1]
     for i, spec in enumerate(d["backbone"] + d["head"]):
         if not isinstance(spec, (list, tuple)) or len(spec) != 4:
-            raise ValueError(f"layer {i}: expected [from, number, module, args], got {spec!r}")
+            raise ModelConfigError(f"layer {i}: expected [from, number, module, args], got {spec!r}")
         f, n, name, args = spec
         if not isinstance(name, str) or name not in MODULES:
-            raise ValueError(f"layer {i}: unknown module {name!r} (known: {sorted(MODULES)})")
+            raise ModelConfigError(f"layer {i}: unknown module {name!r} (known: {sorted(MODULES)})")
         m = MODULES[name]
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"layer {i} ({name}): 'number' must be a positive integer, got {n!r}")
+            raise ModelConfigError(f"layer {i} ({name}): 'number' must be a positive integer, got {n!r}")
         if not isinstance(args, list):
-            raise ValueError(f"layer {i} ({name}): 'args' must be a list, got {args!r}")
+            raise ModelConfigError(f"layer {i} ({name}): 'args' must be a list, got {args!r}")
         fs = _check_from(i, f, m in (Concat, Detect), name)
         args = [_resolve_arg(a, names) for a in args]
         n = n_ = max(round(n * gd), 1) if n > 1 else n  # depth gain
         if m in CONV_LIKE:
             if not args or not isinstance(args[0], int) or isinstance(args[0], bool):
-                raise ValueError(f"layer {i} ({name}): first argument must be the output channels, got {args!r}")
+                raise ModelConfigError(f"layer {i} ({name}): first argument must be the output channels, got {args!r}")
             c1, c2 = ch[f], args[0]
             if c2 != no:  # v7.0 quirk: a channel count equal to the head width is not scaled
                 c2 = make_divisible(c2 * gw, 8)
@@ -185,18 +190,18 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
             c2 = sum(ch[x] for x in fs)
         elif m is Detect:
             if len(args) != 2:
-                raise ValueError(f"layer {i} (Detect): args must be [nc, anchors], got {args!r}")
+                raise ModelConfigError(f"layer {i} (Detect): args must be [nc, anchors], got {args!r}")
             if isinstance(args[1], int):  # a count: placeholder anchors for AutoAnchor to replace
                 args[1] = [list(range(args[1] * 2))] * len(fs)
             if len(args[1]) != len(fs):
-                raise ValueError(f"layer {i} (Detect): {len(args[1])} anchor levels but {len(fs)} inputs {f}")
+                raise ModelConfigError(f"layer {i} (Detect): {len(args[1])} anchor levels but {len(fs)} inputs {f}")
             args.append([ch[x] for x in fs])
         else:
             c2 = ch[f]
         try:
             m_ = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
         except (TypeError, ValueError, RuntimeError, IndexError) as e:
-            raise ValueError(f"layer {i} ({name}): cannot build from args {args!r}: {e}") from e
+            raise ModelConfigError(f"layer {i} ({name}): cannot build from args {args!r}: {e}") from e
         m_.i, m_.f, m_.type = i, f, f"{m.__module__}.{m.__name__}"
         m_.np = sum(x.numel() for x in m_.parameters())
         LOGGER.info(f"{i:>3}{str(f):>18}{n_:>3}{m_.np:10.0f}  {m_.type:<40}{str(args):<30}")
@@ -206,7 +211,7 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
             ch = []
         ch.append(c2)
     if not layers or not isinstance(layers[-1], Detect):
-        raise ValueError(f"layer {len(layers) - 1}: the last layer must be Detect")
+        raise ModelConfigError(f"layer {len(layers) - 1}: the last layer must be Detect")
     return nn.Sequential(*layers), sorted(set(save))
 
 
@@ -230,7 +235,7 @@ def _load_cfg(cfg: str | Path) -> tuple[dict, str]:
         try:
             d = yaml.safe_load(fh)
         except yaml.YAMLError as e:
-            raise ValueError(f"{path}: invalid YAML: {e}") from e
+            raise ModelConfigError(f"{path}: invalid YAML: {e}") from e
     return d, str(path)
 
 
@@ -262,7 +267,7 @@ class DetectionModel(nn.Module):
         try:
             self.model, self.save = parse_model(deepcopy(self.yaml), ch=[ch])
         except ValueError as e:
-            raise ValueError(f"{src}: {e}") from e
+            raise ModelConfigError(f"{src}: {e}") from e
         self.names = {i: f"class{i}" for i in range(self.yaml["nc"])}
 
         # Strides from a dry run, then anchors to grid cells. The dry run is an eval-mode forward of a small zero
@@ -311,7 +316,7 @@ class DetectionModel(nn.Module):
                 try:
                     x = m(x)
                 except (RuntimeError, ValueError, TypeError, IndexError) as e:
-                    raise ValueError(f"{check}layer {m.i} ({m.type}, from {m.f}) failed on a dry run: {e}") from e
+                    raise ModelConfigError(f"{check}layer {m.i} ({m.type}, from {m.f}) failed on a dry run: {e}") from e
             if profile:
                 LOGGER.info(f"{(time_sync() - t) * 1000:10.2f} ms {m.np:10.0f}  {m.type}")
             y.append(x if m.i in self.save else None)

@@ -12,7 +12,8 @@ import yaml
 from data import synthetic
 from models.yolo import DetectionModel
 from utils.checkpoints import save_checkpoint
-from utils.hyp import load_hyp
+from utils.config.hyp import hyp_from_model_or_dict, load_hyp
+from utils.loss.compute_loss import ComputeLoss
 
 NAMES = ["car", "person", "boat"]  # the classes of make_model()'s model
 
@@ -113,6 +114,13 @@ def make_targets(nc: int, seed: int = 0) -> torch.Tensor:
     wh = torch.stack((sides, sides * (0.5 + torch.rand(n, generator=g)).clamp(max=250 / sides)), 1) / IMGSZ
     xy = wh / 2 + torch.rand(n, 2, generator=g) * (1 - wh)
     return torch.cat((img[:, None], cls[:, None], xy, wh), 1)
+
+
+def yolo_loss(model: torch.nn.Module, hyp=None) -> ComputeLoss:
+    """ComputeLoss with the gains YOLOv5's ComputeLoss uses: the hyp's box/obj/cls as they are (YOLOv5's train.py
+    scales them in ``model.hyp`` beforehand), so that ours compares with the reference's on the same hyp dict."""
+    h = hyp_from_model_or_dict(hyp if hyp is not None else getattr(model, "hyp", None))
+    return ComputeLoss(model, h, gains=(h.box, h.obj, h.cls))
 
 
 def base_hyp(**kw) -> dict:

@@ -1,4 +1,4 @@
-"""Tiny-object label assignment (utils/assign.py and ComputeLoss.build_targets): assign nwd, assign_min_pos.
+"""Tiny-object label assignment (utils/loss/assign.py and ComputeLoss.build_targets): assign nwd, assign_min_pos.
 
 The FakeModel of tests/helpers.py carries yolov5n's default anchors (10,13 16,30 33,23 | 30,61 62,45 59,119 |
 116,90 156,198 373,326 px at strides 8, 16, 32); images are IMGSZ = 256 px, so the grids are 32, 16 and 8 cells.
@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from tests.helpers import IMGSZ, FakeModel, base_hyp, make_preds, make_targets
-from utils.assign import nwd_anchor_scores, ratio_match, starved_pairs, topk_pairs
-from utils.box_losses import nwd_loss
-from utils.boxes import xywh2xyxy
-from utils.loss import ComputeLoss, Matches
+from tests.helpers import IMGSZ, FakeModel, base_hyp, make_preds, make_targets, yolo_loss
+from utils.loss.assign import nwd_anchor_scores, ratio_match, starved_pairs, topk_pairs
+from utils.loss.compute_loss import Matches
+from utils.ops.box_losses import nwd_loss
+from utils.ops.boxes import xywh2xyxy
 
 
 def box(img: int, cls: int, cx: float, cy: float, w: float, h: float) -> list[float]:
@@ -27,7 +27,7 @@ def cells(levels: list[Matches]) -> list[set]:
 
 
 def matches(hyp_kw: dict, targets: torch.Tensor, bs: int = 1) -> list[Matches]:
-    return ComputeLoss(FakeModel(3), base_hyp(**hyp_kw)).build_targets(make_preds(3, bs=bs), targets)
+    return yolo_loss(FakeModel(3), base_hyp(**hyp_kw)).build_targets(make_preds(3, bs=bs), targets)
 
 
 # ---------------------------------------------------------------- pure functions
@@ -97,7 +97,7 @@ def test_ratio_targets_identical_to_yolov5(oracle):
     tiny = torch.tensor([box(0, 1, 30, 40, 2, 2), box(2, 0, 200, 100, 3, 9)])
     targets = torch.cat((make_targets(3, seed=5), tiny))
     preds = make_preds(3)
-    ours = ComputeLoss(model, base_hyp()).build_targets(preds, targets)
+    ours = yolo_loss(model, base_hyp()).build_targets(preds, targets)
     model.hyp = {k: v for k, v in base_hyp().items() if not k.startswith(("tfl", "assign"))}
     tcls, tbox, indices, anch = oracle.loss.ComputeLoss(model).build_targets(preds, targets)
     for i, m in enumerate(ours):
@@ -133,7 +133,7 @@ def test_min_pos_gives_tiny_target_its_k_best_anchors():
     torch.testing.assert_close(m1.tbox, torch.tensor([[0.25, 0.75, 0.125, 0.125]]))
     torch.testing.assert_close(m0.anchors, torch.tensor([[10, 13], [16, 30], [33, 23]]) / 8.0)
     assert m0.cell.tolist() == [(a * 32 + 7) * 32 + 12 for a in range(3)]
-    weights = ComputeLoss(FakeModel(3), base_hyp(tfl=True)).target_weights(make_preds(3, bs=1), targets)
+    weights = yolo_loss(FakeModel(3), base_hyp(tfl=True)).target_weights(make_preds(3, bs=1), targets)
     torch.testing.assert_close(weights[m0.t], torch.full((3,), math.exp(-1.6 * 4 / 1024) + 1))
 
 
@@ -187,7 +187,7 @@ def test_loss_finite_and_backward_with_options(kw, tfl):
     tiny = torch.tensor([box(0, 1, 30, 40, 2, 2), box(1, 2, 100, 200, 1, 3), box(0, 0, 5, 250, 0.5, 0.5)])
     for targets in (torch.cat((make_targets(3), tiny)), torch.zeros((0, 6)), tiny):
         preds = make_preds(3)  # images 2 (and more) have no targets
-        loss, parts = ComputeLoss(model, base_hyp(tfl=tfl, **kw))(preds, targets)
+        loss, parts = yolo_loss(model, base_hyp(tfl=tfl, **kw))(preds, targets)
         loss.backward()
         assert torch.isfinite(parts).all() and torch.isfinite(loss)
         assert all(torch.isfinite(p.grad).all() for p in preds)
@@ -198,8 +198,8 @@ def test_min_pos_trains_the_starved_target_and_nothing_else_when_none_starve():
     preds = make_preds(3)
     normal = make_targets(3, seed=2)
     normal = normal[normal[:, 4:6].min(1).values > 8 / IMGSZ]  # nothing starved
-    off = ComputeLoss(model, base_hyp(tfl=True))
-    on = ComputeLoss(model, base_hyp(tfl=True, assign_min_pos=2))
+    off = yolo_loss(model, base_hyp(tfl=True))
+    on = yolo_loss(model, base_hyp(tfl=True, assign_min_pos=2))
     assert torch.equal(off(preds, normal)[0], on(preds, normal)[0])  # no starved target: bit-identical
     targets = torch.cat((normal, torch.tensor([box(2, 1, 100, 60, 2, 2)])))  # image 2 was empty
     g_off = torch.autograd.grad(off(preds, targets)[0], preds)

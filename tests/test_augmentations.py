@@ -1,11 +1,19 @@
-"""utils/augmentations.py: hand-computed letterbox numbers, properties, and parity with YOLOv5 v7.0."""
+"""utils/dataset/augmentations.py: hand-computed letterbox numbers, properties, and parity with YOLOv5 v7.0."""
 
 import random
 
 import numpy as np
 import pytest
 
-from utils.augmentations import augment_hsv, box_candidates, flip_lr, flip_ud, letterbox, mixup, random_perspective
+from utils.dataset.augmentations import (
+    augment_hsv,
+    box_candidates,
+    flip_lr,
+    flip_ud,
+    letterbox,
+    mixup,
+    random_perspective,
+)
 
 
 def _img(h, w, seed=0):

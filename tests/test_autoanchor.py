@@ -1,4 +1,4 @@
-"""Tests for utils/autoanchor.py: hand-computed BPR per size bucket, AutoAnchor on tiny objects, and exact parity
+"""Tests for utils/train/autoanchor.py: hand-computed BPR per size bucket, AutoAnchor on tiny objects, and exact parity
 with the YOLOv5 v7.0 reference (metric, k-means + evolution, check_anchors) for the same seeds."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from models.yolo import Detect
-from utils.autoanchor import (
+from utils.train.autoanchor import (
     anchor_metrics,
     bucket_metrics,
     check_anchors,

@@ -16,7 +16,7 @@ from experiments.bbr_simulation import (
     regress,
     simulate,
 )
-from utils.boxes import xywh2xyxy
+from utils.ops.boxes import xywh2xyxy
 
 LOSSES = ["iou", "giou", "ciou", "eiou", "focal_eiou", "nwd"]
 
@@ -65,7 +65,7 @@ def test_one_step_is_plain_gradient_descent_in_target_units():
     """One step by hand: EIoU gradient of the (cx, cy, w, h) box in units of 10 px, lr 0.1, error in pixels."""
     anchor = torch.tensor([[12.0, 9.0, 5.0, 20.0]], dtype=torch.float64)
     target = torch.tensor([[10.0, 10.0, 10.0, 10.0]], dtype=torch.float64)
-    from utils.box_losses import eiou_loss
+    from utils.ops.box_losses import eiou_loss
 
     b = (anchor / 10).requires_grad_(True)
     eiou_loss(xywh2xyxy(b), xywh2xyxy(target / 10)).loss.sum().backward()

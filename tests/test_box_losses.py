@@ -1,4 +1,5 @@
-"""Tests for utils/box_losses.py and utils/box_geometry.py: hand-computed values, gradients, edge cases, oracle."""
+"""Tests for utils/ops/box_losses.py and utils/ops/box_geometry.py: hand-computed values, gradients, edge cases,
+oracle."""
 
 import inspect
 import math
@@ -11,11 +12,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-import utils.hyp as hyp_module
-import utils.loss as loss_module
+import utils.config.hyp as hyp_module
+import utils.loss.compute_loss as loss_module
 from tests.helpers import FakeModel, make_preds, make_targets
-from utils.box_geometry import box_geometry
-from utils.box_losses import (
+from utils.ops.box_geometry import box_geometry
+from utils.ops.box_losses import (
     BOX_LOSSES,
     BoxLoss,
     BoxLossDef,
@@ -318,7 +319,7 @@ def huber_box_loss(pred: torch.Tensor, target: torch.Tensor, delta: float = 1.0)
 
 
 def hyp_module_with(declaration: str, monkeypatch) -> types.ModuleType:
-    """utils/hyp.py with one more field declared at the end of ``Hyp``: the one line a developer would add."""
+    """utils/config/hyp.py with one more field declared at the end of ``Hyp``: the one line a developer would add."""
     src = Path(hyp_module.__file__).read_text(encoding="utf-8")
     anchor = "\n    def __post_init__"
     assert src.count(anchor) == 1
@@ -348,9 +349,9 @@ def test_new_box_loss_with_new_hyperparameter_is_declared_in_one_place_each(monk
         hp_mod.load_hyp(None, ["box_loss=hubr"])
 
     monkeypatch.setattr(loss_module, "hyp_from_model_or_dict", hp_mod.hyp_from_model_or_dict)
-    loss = loss_module.ComputeLoss(FakeModel(3), h)
+    loss = loss_module.ComputeLoss(FakeModel(3), h, imgsz=640)
     assert [fn.keywords for fn in loss.box_loss_fns] == [{"delta": 2.0}, {"delta": 1.0}, {"delta": 0.5}]
     preds, targets = make_preds(3), make_targets(3)
     lbox = loss(preds, targets)[1][0]
-    lbox_wide = loss_module.ComputeLoss(FakeModel(3), h.replace(huber_delta=1e4))(preds, targets)[1][0]
+    lbox_wide = loss_module.ComputeLoss(FakeModel(3), h.replace(huber_delta=1e4), imgsz=640)(preds, targets)[1][0]
     assert torch.isfinite(lbox) and lbox < lbox_wide  # the value reaches the loss: delta 16 px clips large errors

@@ -40,7 +40,7 @@ from utils.checkpoints import (
     strip_optimizer,
     trained_imgsz,
 )
-from utils.hyp import Hyp
+from utils.config.hyp import Hyp
 from utils.torch_utils import ModelEMA
 
 ROOT = Path(__file__).resolve().parents[1]

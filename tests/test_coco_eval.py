@@ -1,4 +1,4 @@
-"""Tests for utils/coco_eval.py: COCO JSON export/import and pycocotools evaluation on hand-computed cases."""
+"""Tests for utils/eval/coco_eval.py: COCO JSON export/import and pycocotools evaluation on hand-computed cases."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.coco_eval import (
+from utils.eval.coco_eval import (
     coco_evaluate,
     detections_to_coco_json,
     image_id_from_path,

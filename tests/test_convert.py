@@ -15,7 +15,8 @@ import pytest
 
 from data.convert import CONVERTERS, MARKER, convert, is_converted, main, read_marker
 from data.convert_xview import split_names
-from utils.dataset_yaml import DatasetError, check_dataset
+from data.prepare import check_dataset
+from utils.errors import DatasetError
 
 
 def _img(path: Path, w: int, h: int) -> Path:

@@ -1,15 +1,16 @@
-"""utils/copy_paste.py (small-object copy-paste, Kisantal et al. 2019) and its use in the mosaic (utils/dataloaders.py):
-pixels and labels of the copies, no overlaps, nothing on the border, thresholds, counts, determinism, soft edges,
-the pool, the image-size check, and the dataset with the keys off (byte-identical) and on."""
+"""utils/dataset/copy_paste.py (small-object copy-paste, Kisantal et al. 2019) and its use in the mosaic
+(utils/dataset/dataloaders.py): pixels and labels of the copies, no overlaps, nothing on the border, thresholds, counts,
+determinism, soft edges, the pool, the image-size check, and the dataset with the keys off (byte-identical) and on."""
 
 import math
 
 import numpy as np
 import pytest
 
-import utils.dataloaders as dl
+import utils.dataset.dataloaders as dl
 from tests.test_dataloaders import make_dataset
-from utils.copy_paste import (
+from utils.config.hyp import Hyp, HypError
+from utils.dataset.copy_paste import (
     MARGIN,
     TRIES,
     check_paste_hyp,
@@ -19,8 +20,7 @@ from utils.copy_paste import (
     place,
     small_objects,
 )
-from utils.dataloaders import LoadImagesAndLabels
-from utils.hyp import Hyp, HypError
+from utils.dataset.dataloaders import LoadImagesAndLabels
 
 S2 = 200  # canvas side (a mosaic of 100 px images)
 RECTS = np.array([[0, 0, 90, 100], [90, 10, 200, 100], [20, 100, 90, 200], [90, 100, 170, 180]])  # grey elsewhere

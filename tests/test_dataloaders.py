@@ -1,4 +1,4 @@
-"""utils/dataloaders.py (+ plots smoke test): bad inputs named and skipped, cache reuse/invalidation, mosaic
+"""utils/dataset/dataloaders.py (+ plots smoke test): bad inputs named and skipped, cache reuse/invalidation, mosaic
 geometry against drawn objects, rect batches, collate, LoadImages, and parity with YOLOv5 v7.0's loader."""
 
 import logging
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import utils.dataloaders as dl
-from utils.dataloaders import DatasetNotFoundError, LoadImagesAndLabels, create_dataloader
-from utils.hyp import Hyp
+import utils.dataset.dataloaders as dl
+from utils.config.hyp import Hyp
+from utils.dataset.dataloaders import DatasetNotFoundError, LoadImagesAndLabels, create_dataloader
+from utils.dataset.sources import LoadImages
 from utils.plots import plot_images, plot_labels, plot_results
-from utils.sources import LoadImages
 
 OBJ_BGR = (0, 0, 255)  # pure red objects on a pure blue background
 BG_BGR = (255, 0, 0)

@@ -1,4 +1,4 @@
-"""detect.py and utils/inference.py: saved images and YOLO txt files, the Detector API, sources, EXIF, errors,
+"""detect.py and utils/infer/detector.py: saved images and YOLO txt files, the Detector API, sources, EXIF, errors,
 and parity of the whole detect pipeline with the YOLOv5 v7.0 reference."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 from detect import main, read_yolo_txt, run, yolo_txt_lines
 from tests.helpers import NAMES, make_image, make_model, save_model_checkpoint
 from utils.checkpoints import CheckpointError, save_checkpoint
-from utils.inference import Detector, load_backend
-from utils.nms import non_max_suppression
+from utils.infer.detector import Detector, load_backend
+from utils.ops.nms import non_max_suppression
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,7 @@ def test_same_file_names_from_a_list_get_separate_outputs(weights, images, tmp_p
 
 
 def test_output_stems_are_unique_and_independent_of_order():
-    from utils.sources import output_stems
+    from utils.dataset.sources import output_stems
 
     files = ["/d/cam1/a.jpg", "/d/cam2/a.jpg", "/d/cam1/b.jpg", "/d/cam1/a.png"]
     stems = output_stems(files)

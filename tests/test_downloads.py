@@ -196,7 +196,7 @@ def test_load_checkpoint_and_backend_download_official_names(server, tmp_path):
     detect.py) resolve 'yolov5n.pt' through the cache; other missing names keep their FileNotFoundError."""
     from models.yolo import Model
     from utils.checkpoints import load_checkpoint, save_checkpoint
-    from utils.inference import load_backend
+    from utils.infer.detector import load_backend
 
     base, state = server
     model = Model("yolov5n.yaml", nc=2)

@@ -1,5 +1,5 @@
-"""train.py --evolve (utils/evolve.py): the search space checked against utils/hyp.py, the objective, the trial's
-options, and an Optuna study run, interrupted, continued and pruned on a tiny dataset."""
+"""train.py --evolve (utils/train/evolve.py): the search space checked against utils/config/hyp.py, the objective, the
+trial's options, and an Optuna study run, interrupted, continued and pruned on a tiny dataset."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import yaml
 
 import train
 from tests.helpers import tiny_dataset
-from utils.evolve import (
+from utils.config.hyp import HypError, load_hyp
+from utils.train.evolve import (
     DEFAULT_SPACE,
     STUDY_DB,
     STUDY_NAME,
@@ -23,7 +24,6 @@ from utils.evolve import (
     trial_fitness,
     trial_options,
 )
-from utils.hyp import HypError, load_hyp
 
 
 @pytest.fixture(scope="module")

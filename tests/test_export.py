@@ -13,7 +13,7 @@ import torch
 import export
 from tests.helpers import NAMES, make_image, make_model
 from utils.checkpoints import save_checkpoint
-from utils.inference import Detector, OnnxBackend, TorchBackend, load_backend
+from utils.infer.detector import Detector, OnnxBackend, TorchBackend, load_backend
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

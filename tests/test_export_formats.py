@@ -17,11 +17,12 @@ import yaml
 
 import export
 import val
+from data.prepare import check_dataset
 from tests.helpers import NAMES, make_image, make_model, tiny_dataset
-from utils.backends import MissingPackageError, OpenVinoBackend, TorchScriptBackend
 from utils.checkpoints import CheckpointError, load_model, save_checkpoint
-from utils.export_int8 import LetterboxReader, calibration_files, decode_nodes
-from utils.inference import Detector, OnnxBackend, load_backend
+from utils.infer.backends import MissingPackageError, OpenVinoBackend, TorchScriptBackend
+from utils.infer.detector import Detector, OnnxBackend, load_backend
+from utils.infer.export_int8 import LetterboxReader, calibration_files, decode_nodes
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -44,7 +45,7 @@ def exported(tmp_path_factory) -> dict:
 
 def _inputs(exported, n: int = 4) -> list[torch.Tensor]:
     """Letterboxed dataset images, (1, 3, 64, 64) in [0, 1]: what calibration and detect.py feed the model."""
-    reader = LetterboxReader(calibration_files(exported["data"], n), (64, 64), "images", 32)
+    reader = LetterboxReader(calibration_files(check_dataset(exported["data"]), n), (64, 64), "images", 32)
     return [torch.from_numpy(feed["images"]) for feed in iter(reader.get_next, None)]
 
 

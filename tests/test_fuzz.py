@@ -13,8 +13,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from utils.dataset_yaml import DatasetError, check_dataset
-from utils.labels import COORD_TOL, LabelError, img2label_paths, parse_label_file, verify_image_label
+from data.prepare import check_dataset
+from utils.dataset.labels import COORD_TOL, LabelError, img2label_paths, parse_label_file, verify_image_label
+from utils.errors import DatasetError
 
 NC = 3
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -116,7 +117,7 @@ unicode_name = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklis
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=unicode_name, folder=unicode_name)
 def test_fuzz_unicode_paths(tmp_path, name, folder):
-    from utils.sources import imread
+    from utils.dataset.sources import imread
 
     im_dir = tmp_path / folder / "images"
     im_dir.mkdir(parents=True, exist_ok=True)

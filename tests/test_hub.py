@@ -1,6 +1,6 @@
-"""hubconf.py, utils/hub.py (AutoShape) and utils/results.py (Detections): torch.hub loading of our checkpoints,
-parity with detect.run, the accepted input forms, the results object (hand-computed boxes, pandas, render, save,
-crop), official weights through a 127.0.0.1 server, and one-line errors."""
+"""hubconf.py, utils/infer/hub.py (AutoShape) and utils/infer/results.py (Detections): torch.hub loading of our
+checkpoints, parity with detect.run, the accepted input forms, the results object (hand-computed boxes, pandas, render,
+save, crop), official weights through a 127.0.0.1 server, and one-line errors."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from detect import run
 from models.yolo import DetectionModel
 from tests.helpers import NAMES, make_image, randomise_weights, save_model_checkpoint
 from utils.checkpoints import CheckpointError, save_checkpoint
-from utils.hub import AutoShape
-from utils.results import XYWH_COLUMNS, XYXY_COLUMNS, Detections
+from utils.infer.hub import AutoShape
+from utils.infer.results import XYWH_COLUMNS, XYXY_COLUMNS, Detections
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGSZ = 128  # the tiny checkpoint's recorded training size: the default of both detect.run and the hub model
@@ -293,7 +293,7 @@ def test_bad_paths_and_inputs_raise_one_line(model, tmp_path):
     with pytest.raises(TypeError, match=r"unknown hub model setting\(s\) \['confidence'\]"):
         hub_load("custom", path=str(text), confidence=0.5)
     with pytest.raises(ValueError, match="unknown model 'yolov5q'"):
-        from utils.hub import create
+        from utils.infer.hub import create
         create("yolov5q")
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.hyp import REQUIRED_KEYS, HypError, load_hyp
+from utils.config.hyp import REQUIRED_KEYS, HypError, load_hyp
 
 HYP_FILES = sorted((Path(__file__).resolve().parents[1] / "hyp").glob("hyp.*.yaml"))  # not evolve.yaml: a space
 
@@ -127,7 +127,7 @@ def test_options_off_by_default_and_in_the_saved_dict():
 
 
 def test_markdown_table_lists_every_key_once():
-    from utils.hyp import SPECS, markdown_table
+    from utils.config.hyp import SPECS, markdown_table
 
     rows = [r for r in markdown_table().splitlines()[2:]]
     assert [r.split("`")[1] for r in rows] == list(SPECS)

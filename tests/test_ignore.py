@@ -1,4 +1,4 @@
-"""utils/ignore.py: file naming, reading/writing, filling, centre-in-area test (hand-computed values)."""
+"""utils/dataset/ignore.py: file naming, reading/writing, filling, centre-in-area test (hand-computed values)."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.ignore import (
+from utils.dataset.ignore import (
     IgnoreFileError,
     centres_in_areas,
     fill_ignore,

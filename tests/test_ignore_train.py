@@ -1,5 +1,5 @@
-"""Ignore areas in training data (utils/dataloaders.py, utils/labels.py): filled with grey 114 before any
-augmentation, exact after letterbox; images without an ignore file are byte-identical; the label cache notices
+"""Ignore areas in training data (utils/dataset/dataloaders.py, utils/dataset/labels.py): filled with grey 114 before
+any augmentation, exact after letterbox; images without an ignore file are byte-identical; the label cache notices
 added, changed and removed ignore files; a malformed one makes the pair corrupt with a named line."""
 
 import logging
@@ -8,9 +8,9 @@ import shutil
 import cv2
 import numpy as np
 
-import utils.dataloaders as dl
-from utils.dataloaders import LoadImagesAndLabels
-from utils.hyp import Hyp
+import utils.dataset.dataloaders as dl
+from utils.config.hyp import Hyp
+from utils.dataset.dataloaders import LoadImagesAndLabels
 
 GREEN = (0, 255, 0)  # BGR; everything else in these images is noise < 100, so G > 114 means a green pixel
 

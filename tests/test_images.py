@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.dataloaders import LoadImagesAndLabels
-from utils.labels import verify_image_label
-from utils.sources import imread
+from utils.dataset.dataloaders import LoadImagesAndLabels
+from utils.dataset.labels import verify_image_label
+from utils.dataset.sources import imread
 
 LABEL = [[1, 0.5, 0.5, 0.2, 0.3]]
 

@@ -1,12 +1,11 @@
-"""Import hygiene of the project's modules (models/, utils/, data/, experiments/ and the four entry scripts).
+"""Import hygiene of the project's modules (models/, utils/, data/, experiments/, the entry scripts and hubconf.py).
 
-Cycle test: the graph has an edge A -> B when importing A executes an import of B, i.e. an import statement in A's
-module body (also inside a top-level ``if``/``try``/``with`` block or a class body), plus B's parent packages,
-which Python imports first. Imports inside functions are NOT edges there: they run when the function is called,
-after every module has finished importing, so they cannot meet a half-initialised module. A second test counts
-function-level imports too and allows only the lazy imports listed in ``LAZY_BACK_EDGES`` to close a cycle, so a
-new one (like the former metrics <-> metric_plots pair) is a decision, not an accident. Imports under
-``if TYPE_CHECKING:`` never run and are never edges.
+Cycle test: the graph has an edge A -> B for EVERY import statement of A that names B (at the top, inside
+functions, under ``if TYPE_CHECKING:``), plus B's parent packages, which Python imports first. No cycle is allowed
+and there is no exception list: a lazy import that closes a circle is still a circle in the design.
+
+Layer test: the packages of ``utils/`` import one way (``LAYERS``), and nothing under ``utils/`` imports ``data/``,
+``experiments/`` or an entry point.
 
 Side-effect test: ``import train, val, detect, export`` in a fresh interpreter leaves matplotlib's backend and the
 root logger's handlers and level as they were (no ``matplotlib.use``, no ``logging.basicConfig`` on import).
@@ -24,9 +23,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("models", "utils", "data", "experiments")
-ENTRY_SCRIPTS = ("train.py", "val.py", "detect.py", "export.py")
-# function-level imports allowed to point back up the graph: (importer, imported) -> why the import is lazy
-LAZY_BACK_EDGES = {("utils.dataset_yaml", "data.convert"): "data.convert imports utils.dataset_yaml at the top"}
+ENTRY_SCRIPTS = ("train.py", "val.py", "detect.py", "export.py", "hubconf.py")
+# utils/ packages, bottom to top: each may import the utils root modules named in FOUNDATION, and packages of
+# LOWER layers only (the root modules checkpoints and plots sit between the two upper layers)
+MIDDLE = {"utils.checkpoints", "utils.plots"}  # above config/dataset/loss/eval, below train/infer
+FOUNDATION = {"utils.errors", "utils.atomic", "utils.cli", "utils.torch_utils", "utils.downloads", "utils.run_dirs"}
+LAYERS = (("utils.ops",), ("utils.config",), ("utils.dataset", "utils.loss", "utils.eval"),
+          ("utils.train", "utils.infer"))
 
 
 def project_files(root: Path) -> list[Path]:
@@ -63,10 +66,8 @@ def import_time_imports(body: list[ast.stmt]) -> Iterator[ast.Import | ast.Impor
 
 
 def all_imports(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
-    """Every import statement of a module, also inside functions, except under ``if TYPE_CHECKING:``."""
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node.test)
-               for stmt in node.body for n in ast.walk(stmt)}
-    return (n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom) and id(n) not in skipped)
+    """Every import statement of a module: at the top, inside functions and under ``if TYPE_CHECKING:``."""
+    return (n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom))
 
 
 def _with_parents(name: str, known: set[str]) -> set[str]:
@@ -77,7 +78,7 @@ def _with_parents(name: str, known: set[str]) -> set[str]:
 
 def import_graph(root: Path, files: list[Path], import_time_only: bool = True) -> dict[str, set[str]]:
     """{module: project modules it imports} over ``files`` (module names from ``root``); only the imports that run
-    when the module is imported, or with ``import_time_only=False`` also those inside functions."""
+    when the module is imported, or with ``import_time_only=False`` every import statement."""
     names = {f: module_name(f, root) for f in files}
     known = set(names.values())
     graph: dict[str, set[str]] = {}
@@ -123,24 +124,52 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_project_modules_import_without_cycles():
-    graph = import_graph(ROOT, project_files(ROOT))
-    assert len(graph) > 40 and {"train", "val", "detect", "export", "utils.plots"} <= set(graph)
+def test_project_modules_import_without_cycles_counting_every_import():
+    graph = import_graph(ROOT, project_files(ROOT), import_time_only=False)
+    assert len(graph) > 60 and {"train", "val", "detect", "export", "hubconf", "utils.plots"} <= set(graph)
     # the walk sees real edges, so an empty graph cannot pass
-    assert {"utils.metrics", "utils.plots"} <= graph["val"] and "utils.metrics" in graph["utils.plots"]
-    assert "utils.plots" not in graph["utils.metrics"]
+    assert {"utils.eval.metrics", "utils.plots"} <= graph["val"] and "utils.eval.metrics" in graph["utils.plots"]
+    assert "utils.infer.detector" in graph["val"] and "utils.checkpoints" in graph["utils.infer.detector"]
+    assert "utils.ops.box_losses" in graph["utils.config.hyp"]  # a function-level import is an edge
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_function_level_imports_close_no_cycle_but_the_documented_ones():
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Edges that break the layering of ``utils/`` (module docstring): ``'importer -> imported'``."""
+    rank = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+
+    def package(m: str) -> str | None:
+        return next((p for p in rank if m == p or m.startswith(p + ".")), None)
+
+    bad = []
+    for a, deps in graph.items():
+        if not a.startswith("utils"):
+            continue
+        for b in deps:
+            pa, pb = package(a), package(b)
+            if not b.startswith(("utils", "models")):
+                bad.append(f"{a} -> {b}")  # data/, experiments/ or an entry point
+            elif a in FOUNDATION and b.startswith(("utils.", "models")) and b not in FOUNDATION:
+                bad.append(f"{a} -> {b}")  # the foundation imports only the foundation
+            elif pa and pb and pa != pb and rank[pb] >= rank[pa]:
+                bad.append(f"{a} -> {b}")  # same layer or up
+            elif pa and not pb and b.startswith("utils.") and b not in FOUNDATION and (
+                    b not in MIDDLE or rank[pa] < len(LAYERS) - 1):
+                bad.append(f"{a} -> {b}")  # a lower package reaching up to checkpoints/plots
+    return sorted(bad)
+
+
+def test_utils_packages_import_one_way():
     graph = import_graph(ROOT, project_files(ROOT), import_time_only=False)
-    for a, b in LAZY_BACK_EDGES:
-        assert b in graph[a], f"stale entry in LAZY_BACK_EDGES: {a} no longer imports {b}"
-        graph[a].discard(b)
-    assert "utils.inference" in graph["val"] and "utils.checkpoints" in graph["utils.inference"]
-    cycle = find_cycle(graph)
-    assert cycle is None, "import cycle through a function-level import: " + " -> ".join(cycle)
+    assert layer_violations(graph) == []
+    assert "utils.infer.backends" in graph["utils.infer.detector"]  # edges inside a package are fine
+    # the rule can fail: an eval module importing train, a loss module importing a root module above it
+    assert layer_violations({"utils.eval.x": {"utils.train.y"}, "utils.loss.z": {"utils.plots"},
+                             "utils.ops.w": {"data.convert"}, "utils.train.v": {"utils.eval.u", "utils.plots"},
+                             "utils.atomic": {"utils.config.hyp"}}) == [
+        "utils.atomic -> utils.config.hyp", "utils.eval.x -> utils.train.y", "utils.loss.z -> utils.plots",
+        "utils.ops.w -> data.convert"]
 
 
 def test_import_graph_and_cycle_finder_on_constructed_modules(tmp_path):
@@ -157,7 +186,7 @@ def test_import_graph_and_cycle_finder_on_constructed_modules(tmp_path):
                      "pkg.d": {"pkg", "pkg.a", "pkg.c"}}
     assert find_cycle(graph) in (["pkg.a", "pkg.b", "pkg.a"], ["pkg.b", "pkg.a", "pkg.b"])
     full = import_graph(tmp_path, sorted(pkg.glob("*.py")), import_time_only=False)
-    assert full["pkg.c"] == {"pkg", "pkg.b"}  # the function-level import, not the TYPE_CHECKING one
+    assert full["pkg.c"] == {"pkg", "pkg.a", "pkg.b"}  # the function-level and the TYPE_CHECKING imports
     graph["pkg.b"] = {"pkg"}  # break the pair: acyclic
     assert find_cycle(graph) is None
     assert find_cycle({"x": {"y"}, "y": {"z"}, "z": {"x"}, "w": {"x"}}) == ["x", "y", "z", "x"]

@@ -1,4 +1,4 @@
-"""utils/labels.py: one image/label pair verified, every problem named with its file and row."""
+"""utils/dataset/labels.py: one image/label pair verified, every problem named with its file and row."""
 
 import logging
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.labels import (
+from utils.dataset.labels import (
     COORD_TOL,
     LabelError,
     cache_key,
@@ -171,7 +171,7 @@ def test_missing_label_files_are_counted_in_one_line(tmp_path):
 
 
 def test_training_loader_reports_missing_labels(tmp_path, caplog):
-    from utils.dataloaders import LoadImagesAndLabels
+    from utils.dataset.dataloaders import LoadImagesAndLabels
 
     for i in range(3):
         _pair(tmp_path, "0 0.5 0.5 0.2 0.2\n" if i else None, name=f"{i}.png")

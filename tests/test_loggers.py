@@ -1,4 +1,4 @@
-"""Tests for utils/loggers.py: results.csv contents equal what was logged (exact floats), TensorBoard event files
+"""Tests for utils/train/loggers.py: results.csv contents equal what was logged (exact floats), TensorBoard event files
 read back with tensorboard's EventAccumulator, resume, images, and the no-tensorboard path."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.loggers import RunLogger, read_results_csv
+from utils.train.loggers import RunLogger, read_results_csv
 
 EPOCHS = [
     {"train/box_loss": 0.1234567890123, "train/obj_loss": 0.05, "metrics/mAP_0.5": 0.0,
@@ -106,7 +106,7 @@ def test_lr_images_and_text(tmp_path):
 
 def test_without_tensorboard_package(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import raises ImportError
-    with caplog.at_level(logging.INFO, logger="utils.loggers"):
+    with caplog.at_level(logging.INFO, logger="utils.train.loggers"):
         lg = RunLogger(tmp_path)
     assert lg.tb is None and "not installed" in caplog.text
     lg.log_epoch(0, {"metrics/big/recall": 0.5})

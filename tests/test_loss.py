@@ -6,10 +6,10 @@ import pytest
 import torch
 import torchvision
 
-from tests.helpers import IMGSZ, FakeModel, base_hyp, make_preds, make_targets
-from utils.hyp import load_hyp
-from utils.loss import ComputeLoss, focal_bce_with_logits, loss_gains
-from utils.tfl import weight_positive_cells
+from tests.helpers import IMGSZ, FakeModel, base_hyp, make_preds, make_targets, yolo_loss
+from utils.config.hyp import load_hyp
+from utils.loss.compute_loss import ComputeLoss, focal_bce_with_logits, loss_gains
+from utils.loss.tfl import weight_positive_cells
 
 
 def reference_loss(oracle, model, hyp: dict, preds, targets):
@@ -26,7 +26,7 @@ def test_loss_parity_with_reference(oracle, nc, fl_gamma, label_smoothing):
     hyp = base_hyp(fl_gamma=fl_gamma, label_smoothing=label_smoothing)
     targets = make_targets(nc)
     preds = make_preds(nc)
-    ours, ours_parts = ComputeLoss(model, hyp)(preds, targets)
+    ours, ours_parts = yolo_loss(model, hyp)(preds, targets)
     g_ours = torch.autograd.grad(ours, preds)
     ref, ref_parts = reference_loss(oracle, model, {k: v for k, v in hyp.items() if not k.startswith("tfl")},
                                     preds, targets)
@@ -43,7 +43,7 @@ def test_loss_parity_p2_and_empty_batch(oracle):
     model = FakeModel(3, strides)
     for targets in (make_targets(3), torch.zeros((0, 6))):
         preds = make_preds(3, strides=strides)
-        ours = ComputeLoss(model, base_hyp())(preds, targets)
+        ours = yolo_loss(model, base_hyp())(preds, targets)
         ref = reference_loss(oracle, model, base_hyp(), preds, targets)
         torch.testing.assert_close(ours[0], ref[0], rtol=1e-4, atol=0)
         torch.testing.assert_close(ours[1], ref[1], rtol=1e-4, atol=1e-9)
@@ -53,14 +53,22 @@ def test_model_hyp_fallback_and_gains():
     model = FakeModel(3)
     model.hyp = base_hyp()
     preds, targets = make_preds(3), make_targets(3)
-    a = ComputeLoss(model)(preds, targets)[1]
-    b = ComputeLoss(model, load_hyp("hyp.scratch-low.yaml"))(preds, targets)[1]
+    a = yolo_loss(model)(preds, targets)[1]
+    b = yolo_loss(model, load_hyp("hyp.scratch-low.yaml"))(preds, targets)[1]
     torch.testing.assert_close(a, b)
     hyp = load_hyp()
     assert loss_gains(hyp, nl=3, nc=80, imgsz=640) == pytest.approx((0.05, 1.0, 0.5))
     assert loss_gains(hyp, nl=4, nc=8, imgsz=320) == pytest.approx((0.0375, 0.1875, 0.0375))
     scaled = ComputeLoss(model, hyp, gains=(0.1, 2.0, 1.0))(preds, targets)[1]
     torch.testing.assert_close(scaled, a * torch.tensor([2.0, 2.0, 2.0]))
+    # imgsz= derives the gains from the hyp and the model (3 levels, 3 classes) as train.py scales them
+    derived = ComputeLoss(model, hyp, imgsz=320)
+    assert derived.gains == loss_gains(hyp, nl=3, nc=3, imgsz=320) == pytest.approx((0.05, 0.25, 0.01875))
+    torch.testing.assert_close(derived(preds, targets)[1], a * torch.tensor([1.0, 0.25, 0.0375]))
+    with pytest.raises(TypeError, match="exactly one of imgsz"):
+        ComputeLoss(model, hyp)  # the unscaled hyp values are never used by accident
+    with pytest.raises(TypeError, match="exactly one of imgsz"):
+        ComputeLoss(model, hyp, imgsz=640, gains=(1.0, 1.0, 1.0))
 
 
 def test_focal_bce_equals_torchvision_sigmoid_focal_loss():
@@ -81,17 +89,17 @@ def two_target_batch():
 
 def test_tfl_k_infinite_or_huge_reproduces_baseline():
     model, preds, targets = FakeModel(3), make_preds(3), make_targets(3)
-    base = ComputeLoss(model, base_hyp())(preds, targets)
+    base = yolo_loss(model, base_hyp())(preds, targets)
     for k in (1e6, 1e9):
-        tfl = ComputeLoss(model, base_hyp(tfl=True, tfl_k=k))(preds, targets)
+        tfl = yolo_loss(model, base_hyp(tfl=True, tfl_k=k))(preds, targets)
         torch.testing.assert_close(tfl[0], base[0], rtol=1e-6, atol=0)
         torch.testing.assert_close(tfl[1], base[1], rtol=1e-6, atol=0)
 
 
 def test_tfl_box_gradient_ratio_equals_weight():
     model, targets = FakeModel(3), two_target_batch()
-    loss_off = ComputeLoss(model, base_hyp())
-    loss_on = ComputeLoss(model, base_hyp(tfl=True, tfl_k=1.6))
+    loss_off = yolo_loss(model, base_hyp())
+    loss_on = yolo_loss(model, base_hyp(tfl=True, tfl_k=1.6))
     preds = make_preds(3, bs=2)
     g_off = torch.autograd.grad(loss_off(preds, targets)[0], preds)
     g_on = torch.autograd.grad(loss_on(preds, targets)[0], preds)
@@ -108,8 +116,8 @@ def test_tfl_box_gradient_ratio_equals_weight():
 def test_tfl_changes_only_positive_objectness_cells():
     model, targets = FakeModel(3), two_target_batch()
     preds = make_preds(3, bs=2)
-    off = ComputeLoss(model, base_hyp())
-    on = ComputeLoss(model, base_hyp(tfl=True, tfl_terms=["obj"]))
+    off = yolo_loss(model, base_hyp())
+    on = yolo_loss(model, base_hyp(tfl=True, tfl_terms=["obj"]))
     g_off = torch.autograd.grad(off(preds, targets)[0], preds)
     g_on = torch.autograd.grad(on(preds, targets)[0], preds)
     changed = 0
@@ -128,7 +136,7 @@ def test_tfl_shared_cell_takes_largest_weight():
     """Two targets whose centres fall in the same cell: the objectness weight is the tinier target's."""
     model = FakeModel(3)
     targets = torch.tensor([[0, 0, 0.51, 0.51, 6 / IMGSZ, 8 / IMGSZ], [0, 1, 0.51, 0.51, 10 / IMGSZ, 12 / IMGSZ]])
-    loss = ComputeLoss(model, base_hyp(tfl=True))
+    loss = yolo_loss(model, base_hyp(tfl=True))
     preds = make_preds(3, bs=1)
     weights = loss.target_weights(preds, targets)
     m = loss.build_targets(preds, targets)[0]
@@ -147,11 +155,11 @@ def test_tfl_norm_mean_keeps_average_weight_one():
     model = FakeModel(3)
     targets = torch.tensor([[0, 0, 0.3, 0.3, 16 / IMGSZ, 16 / IMGSZ], [1, 2, 0.6, 0.4, 16 / IMGSZ, 16 / IMGSZ]])
     preds = make_preds(3, bs=2)
-    base = ComputeLoss(model, base_hyp())(preds, targets)[1]
-    mean = ComputeLoss(model, base_hyp(tfl=True, tfl_norm="mean"))(preds, targets)[1]
+    base = yolo_loss(model, base_hyp())(preds, targets)[1]
+    mean = yolo_loss(model, base_hyp(tfl=True, tfl_norm="mean"))(preds, targets)[1]
     torch.testing.assert_close(mean, base, rtol=1e-6, atol=0)
     w = math.exp(-1.6 * 256 / 1024) + 1
-    summed = ComputeLoss(model, base_hyp(tfl=True, tfl_terms=["box", "cls"]))(preds, targets)[1]
+    summed = yolo_loss(model, base_hyp(tfl=True, tfl_terms=["box", "cls"]))(preds, targets)[1]
     torch.testing.assert_close(summed[[0, 2]], base[[0, 2]] * w, rtol=1e-5, atol=0)
     torch.testing.assert_close(summed[1], base[1])
 
@@ -161,7 +169,7 @@ def test_tfl_with_degenerate_targets_is_finite():
     targets = torch.tensor([[0, 0, 0.5, 0.5, 0.0, 0.0], [0, 1, 0.2, 0.2, 1e-6, 0.3], [0, 2, 0.7, 0.7, 0.01, 0.01]])
     for box_loss in ("ciou", "eiou", "focal_eiou", "nwd", "giou"):
         preds = make_preds(3, bs=1)
-        loss, parts = ComputeLoss(model, base_hyp(tfl=True, box_loss=box_loss))(preds, targets)
+        loss, parts = yolo_loss(model, base_hyp(tfl=True, box_loss=box_loss))(preds, targets)
         loss.backward()
         assert torch.isfinite(parts).all(), box_loss
         assert all(torch.isfinite(p.grad).all() for p in preds), box_loss
@@ -170,8 +178,8 @@ def test_tfl_with_degenerate_targets_is_finite():
 def test_focal_eiou_composes_with_tfl_by_multiplying():
     model, targets = FakeModel(3), two_target_batch()
     preds = make_preds(3, bs=2)
-    plain = ComputeLoss(model, base_hyp(box_loss="focal_eiou"))
-    with_tfl = ComputeLoss(model, base_hyp(box_loss="focal_eiou", tfl=True, tfl_terms=["box"]))
+    plain = yolo_loss(model, base_hyp(box_loss="focal_eiou"))
+    with_tfl = yolo_loss(model, base_hyp(box_loss="focal_eiou", tfl=True, tfl_terms=["box"]))
     g_plain = torch.autograd.grad(plain(preds, targets)[0], preds)
     g_tfl = torch.autograd.grad(with_tfl(preds, targets)[0], preds)
     weights = with_tfl.target_weights(preds, targets)
@@ -183,7 +191,7 @@ def test_focal_eiou_composes_with_tfl_by_multiplying():
 
 def test_nwd_constant_converted_per_level():
     model = FakeModel(3)
-    loss = ComputeLoss(model, base_hyp(box_loss="nwd", nwd_c=12.8))
+    loss = yolo_loss(model, base_hyp(box_loss="nwd", nwd_c=12.8))
     pred = torch.tensor([[0.0, 0.0, 16.0, 16.0]])
     target = torch.tensor([[4.0, 2.0, 22.0, 20.0]])
     values = [fn(pred / s, target / s).loss for fn, s in zip(loss.box_loss_fns, loss.strides)]
@@ -204,7 +212,7 @@ def test_tfl_has_zero_inference_cost():
     with torch.no_grad():
         out_before = model(x)[0]
     model.train()
-    loss_fn = ComputeLoss(model, base_hyp(tfl=True))
+    loss_fn = yolo_loss(model, base_hyp(tfl=True))
     with torch.no_grad():
         loss_fn(model(x), torch.tensor([[0, 1, 0.5, 0.5, 0.1, 0.1]]))
     model.load_state_dict(before)  # undo the BatchNorm statistics the train-mode forward updated
@@ -246,7 +254,7 @@ def test_weight_positive_cells_equals_weight_map(divisor):
 def test_compute_loss_objectness_weighting_matches_weight_map(norm, monkeypatch):
     """ComputeLoss's TFL objectness term (mixed sizes, so 'mean' pushes some weights under 1) equals the same loss
     computed with the explicit ones-map weighting."""
-    import utils.loss as loss_module
+    import utils.loss.compute_loss as loss_module
 
     model = FakeModel(3)
     g = torch.Generator().manual_seed(3)
@@ -256,12 +264,12 @@ def test_compute_loss_objectness_weighting_matches_weight_map(norm, monkeypatch)
                          wh / 2 + torch.rand(n, 2, generator=g) * (1 - wh), wh), 1)
     preds = make_preds(3, bs=2)
     hyp = base_hyp(tfl=True, tfl_terms=["obj"], tfl_norm=norm)
-    ours = ComputeLoss(model, hyp)(preds, targets)[1]
+    ours = yolo_loss(model, hyp)(preds, targets)[1]
 
     def explicit(loss, cell, w, divisor=None, overwrite=False):  # overwrite: only saves a copy
         return _explicit_cell_weighting(loss, cell, w, divisor)
 
     monkeypatch.setattr(loss_module, "weight_positive_cells", explicit)
-    ref = ComputeLoss(model, hyp)(preds, targets)[1]
+    ref = yolo_loss(model, hyp)(preds, targets)[1]
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
-    assert ours[1] != ComputeLoss(model, base_hyp())(preds, targets)[1][1]  # the weighting did something
+    assert ours[1] != yolo_loss(model, base_hyp())(preds, targets)[1][1]  # the weighting did something

@@ -1,4 +1,4 @@
-"""Tests for utils/metrics.py: hand-computed AP values and parity with the YOLOv5 v7.0 reference."""
+"""Tests for utils/eval/metrics.py: hand-computed AP values and parity with the YOLOv5 v7.0 reference."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import (
+from utils.eval.metrics import (
     ConfusionMatrix,
     ap_per_class,
     compute_ap,
@@ -149,13 +149,13 @@ def test_confusion_matrix_rejects_classes_outside_nc():
 
 def test_metrics_module_draws_nothing():
     """Numbers only: drawing lives in utils/plots.py (which imports this module, never the reverse)."""
-    import utils.metrics
+    import utils.eval.metrics
 
-    assert not hasattr(ConfusionMatrix, "plot") and not hasattr(utils.metrics.PRCurves, "plot")
-    tree = ast.parse(Path(utils.metrics.__file__).read_text())
+    assert not hasattr(ConfusionMatrix, "plot") and not hasattr(utils.eval.metrics.PRCurves, "plot")
+    tree = ast.parse(Path(utils.eval.metrics.__file__).read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert {"torch", "utils.boxes"} <= imported  # the walk sees the module's imports
+    assert {"torch", "utils.ops.boxes"} <= imported  # the walk sees the module's imports
     assert not {m for m in imported if m.startswith(("matplotlib", "utils.plots", "cv2"))}
 
 

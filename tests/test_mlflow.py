@@ -14,8 +14,8 @@ import pytest
 import train
 from tests.helpers import tiny_dataset
 from utils.checkpoints import load_checkpoint
-from utils.hyp import load_hyp
-from utils.loggers import (
+from utils.config.hyp import load_hyp
+from utils.train.loggers import (
     LoggerError,
     MLflowLogger,
     mlflow_name,
@@ -113,7 +113,7 @@ def test_resume_continues_the_same_run_and_unknown_ids_start_a_new_one(store, ca
     assert run.info.status == "FINISHED" and run.data.params == {"opt/epochs": "3", "hyp/lr0": "0.01"}
     assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "metrics/mAP_0.5-0.95")] == [
         (0, 0.25), (1, 0.5)]
-    with caplog.at_level(logging.WARNING, logger="utils.loggers"):
+    with caplog.at_level(logging.WARNING, logger="utils.train.loggers"):
         other = MLflowLogger(uri, "proj", "exp", run_id="0123456789abcdef0123456789abcdef")
     assert other.run_id != first.run_id and "not found" in caplog.text
     assert len(client.search_runs([run.info.experiment_id])) == 2
@@ -128,7 +128,7 @@ def test_failures_after_the_start_warn_once_and_stop_mlflow_logging(store, tmp_p
         raise ConnectionError("tracking server unreachable")
 
     lg.client.log_batch = down
-    with caplog.at_level(logging.WARNING, logger="utils.loggers"):
+    with caplog.at_level(logging.WARNING, logger="utils.train.loggers"):
         lg.log_metrics({"a": 1.0}, 0)
         lg.log_metrics({"a": 2.0}, 1)  # no second attempt, no second warning
         lg.log_artifacts([(Path(__file__), None)])

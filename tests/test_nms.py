@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from utils.nms import non_max_suppression
+from utils.ops.nms import non_max_suppression
 
 
 def pred_from(rows, nc=2):

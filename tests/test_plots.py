@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from utils.metrics import ConfusionMatrix, pr_curves
+from utils.eval.metrics import ConfusionMatrix, pr_curves
 from utils.plots import (
     DPI,
     _tfl_curve,

@@ -1,4 +1,4 @@
-"""utils/precision.py and ``train.py --amp``: the choice for every device / flag / CPU combination, bf16 detection
+"""utils/train/precision.py and ``train.py --amp``: the choice for every device / flag / CPU combination, bf16 detection
 with the CPU's flags mocked, and 1-epoch trainings (bf16 forced on this CPU, where it is emulated)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import yaml
 
 import train
 from tests.helpers import tiny_dataset
-from utils import precision as prec
 from utils.checkpoints import load_checkpoint
-from utils.precision import BF16, FP16, FP32, choose_precision, cpu_bf16_supported, cpuinfo_has_bf16
+from utils.train import precision as prec
+from utils.train.precision import BF16, FP16, FP32, choose_precision, cpu_bf16_supported, cpuinfo_has_bf16
 
 NO_BF16_WARNING = "train.py: --amp on: this CPU has no bf16 support (no AVX512-BF16/AMX); training in fp32"
 

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.dataloaders import LoadImagesAndLabels
+from utils.dataset.dataloaders import LoadImagesAndLabels
 
 N = 10_000
 MAX_EXTRA_MB = 300

@@ -1,4 +1,4 @@
-"""Tests for utils/size_metrics.py: hand-built bucket cases and parity of the matching with pycocotools."""
+"""Tests for utils/eval/size_metrics.py: hand-built bucket cases and parity of the matching with pycocotools."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.size_metrics import (
+from utils.eval.size_metrics import (
     SizeBucketStats,
     format_size_table,
     match_predictions_in_range,

@@ -1,4 +1,4 @@
-"""Sliced inference (utils/slicing.py): tile geometry, the merge rule, and end-to-end runs with a stub detector
+"""Sliced inference (utils/infer/slicing.py): tile geometry, the merge rule, and end-to-end runs with a stub detector
 whose detections are a known function of its input, so that the tiling logic is checked deterministically."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils.augmentations import letterbox
-from utils.boxes import box_iou, scale_boxes
-from utils.nms import non_max_suppression
-from utils.slicing import cut_flags, make_tiles, merge_detections, sliced_detect, sliced_predictions, tile_starts
+from utils.dataset.augmentations import letterbox
+from utils.infer.slicing import cut_flags, make_tiles, merge_detections, sliced_detect, sliced_predictions, tile_starts
+from utils.ops.boxes import box_iou, scale_boxes
+from utils.ops.nms import non_max_suppression
 
 
 class SquareFinder:

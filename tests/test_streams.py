@@ -1,5 +1,5 @@
-"""detect.py on streams (utils/streams.py): a video served over HTTP by a local server (every frame, in order, with
-and without --vid-stride), an image URL, a server that closes mid-stream (reconnects, then a one-line stop), an
+"""detect.py on streams (utils/infer/streams.py): a video served over HTTP by a local server (every frame, in order,
+with and without --vid-stride), an image URL, a server that closes mid-stream (reconnects, then a one-line stop), an
 unreachable URL and a missing camera (one line, exit status 1, no run folder), and source parsing."""
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pytest
 
 from detect import main, run
 from tests.helpers import make_image, save_model_checkpoint
-from utils.inference import Detector
-from utils.sources import imread
-from utils.streams import Stream, is_image_url, is_stream_source, is_webcam, stream_sources, stream_stems
+from utils.dataset.sources import imread
+from utils.infer.detector import Detector
+from utils.infer.streams import Stream, is_image_url, is_stream_source, is_webcam, stream_sources, stream_stems
 
 N_FRAMES = 7
 

@@ -14,10 +14,10 @@ import train
 from models.yolo import DetectionModel
 from tests.helpers import tiny_dataset
 from utils.checkpoints import load_checkpoint, load_model, save_checkpoint, strip_optimizer
-from utils.hyp import load_hyp
-from utils.run_state import ResumeError, check_resumable
+from utils.config.hyp import load_hyp
 from utils.torch_utils import ModelEMA
-from utils.train_run import build_optimizer
+from utils.train.builders import build_optimizer
+from utils.train.state import ResumeError, check_resumable
 
 pytestmark = pytest.mark.slow
 DROPPED = ("optimizer", "scheduler", "ema", "updates", "best_fitness")  # None in a stripped file
@@ -34,19 +34,19 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     {'stripped' | 'kept': weights folder, 'data': data YAML, 'root': folder for more runs}."""
     import shutil
 
-    import utils.train_run
+    import utils.train.builders
 
     root = tmp_path_factory.mktemp("strip")
     data = tiny_dataset(root, n_train=8, n_val=4, imgsz=64)
     kept = root / "kept"
-    real = utils.train_run.strip_final_weights
+    real = utils.train.builders.strip_final_weights
 
     def copy_then_strip(weights_dir: Path) -> list[Path]:
         shutil.copytree(weights_dir, kept)
         return real(weights_dir)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(utils.train_run, "strip_final_weights", copy_then_strip)
+        mp.setattr(utils.train.builders, "strip_final_weights", copy_then_strip)
         res = train.train(train.get_args_parser().parse_args(_argv(data, root / "runs", "default")))
     return {"stripped": Path(res["save_dir"]) / "weights", "kept": kept, "data": data, "root": root}
 

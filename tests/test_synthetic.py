@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import yaml
 
+from data.prepare import check_dataset
 from data.synthetic import NAMES, SyntheticParams, generate, make_image
-from utils.dataset_yaml import DatasetError, check_dataset
-from utils.labels import img2label_paths, verify_image_label
+from utils.dataset.labels import img2label_paths, verify_image_label
+from utils.errors import DatasetError
 
 
 def _files(root):

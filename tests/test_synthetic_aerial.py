@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
+from data.prepare import check_dataset
 from data.synthetic_aerial import (
     NAMES,
     AerialParams,
@@ -18,8 +19,9 @@ from data.synthetic_aerial import (
     rasterise,
     sample_sides,
 )
-from utils.dataset_yaml import ROOT, DatasetError, check_dataset
-from utils.labels import img2label_paths, verify_image_label
+from utils.config.data_yaml import ROOT
+from utils.dataset.labels import img2label_paths, verify_image_label
+from utils.errors import DatasetError
 
 
 def _files(root: Path) -> dict:
@@ -164,7 +166,7 @@ def test_val_runs_on_the_test_split(tmp_path):
     import val
     from models.yolo import DetectionModel
     from utils.checkpoints import save_checkpoint
-    from utils.hyp import load_hyp
+    from utils.config.hyp import load_hyp
 
     raw = yaml.safe_load((ROOT / "data" / "synthetic-aerial.yaml").read_text())
     raw["path"] = str(tmp_path / "ds")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from utils.tfl import suggest_tfl, tfl_weights
+from utils.loss.tfl import suggest_tfl, tfl_weights
 
 
 def test_known_weights_k16_s1024():

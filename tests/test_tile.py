@@ -1,7 +1,7 @@
 """Dataset tiling (data/tile.py): which tiles each object lands in with its exact clipped coordinates (computed by
 hand), counts, ignore areas, file layout, determinism, idempotence, refusals, and the pairing with sliced
-inference: a model that predicts exactly the tile labels, run through utils/slicing.py on the full image, gives each
-object once; ``val.py --slice`` on the full images (the tiled dataset's untiled val split) recovers boxes placed
+inference: a model that predicts exactly the tile labels, run through utils/infer/slicing.py on the full image, gives
+each object once; ``val.py --slice`` on the full images (the tiled dataset's untiled val split) recovers boxes placed
 across tile borders once.
 
 Scene: a 1000 x 700 px image, tiles of 400 px with overlap 0.2 -> starts x 0, 320, 600 and y 0, 300, i.e. tiles
@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
+from data.prepare import check_dataset
 from data.tile import main, tile_areas, tile_dataset, tile_labels, tile_stem
 from tests.test_slicing import SquareFinder
-from utils.boxes import box_iou
-from utils.dataset_yaml import check_dataset
-from utils.slicing import make_tiles, sliced_detect
-from utils.sources import imread
+from utils.dataset.sources import imread
+from utils.infer.slicing import make_tiles, sliced_detect
+from utils.ops.boxes import box_iou
 
 W, H, SIZE, OVERLAP = 1000, 700, 400, 0.2
 # name: (cls, x1, y1, x2, y2) original px
@@ -241,9 +241,9 @@ def test_refuses_foreign_folder_and_bad_input(dataset: Path, tmp_path: Path, cap
 
 def test_tile_model_through_sliced_inference_gives_each_object_once(dataset: Path, tmp_path: Path):
     """A model that has learnt the tiles perfectly (it returns the label file of the tile it is shown, looked up by
-    the tile's pixels), run through utils/slicing.py's sliced inference on the full image: each object narrower than
-    the overlap comes out exactly once with its full box, the clipped views of B and D being merged away.
-    E (500 px, wider than the 80 px overlap) is only ever seen clipped: it stays two fragments, as documented."""
+    the tile's pixels), run through utils/infer/slicing.py's sliced inference on the full image: each object narrower
+    than the overlap comes out exactly once with its full box, the clipped views of B and D being merged away. E (500
+    px, wider than the 80 px overlap) is only ever seen clipped: it stays two fragments, as documented."""
     out = tmp_path / "tiles"
     tile_dataset(dataset, out, SIZE, OVERLAP, 0.5, splits=["train"])
     table = {}
@@ -280,7 +280,7 @@ def test_val_slice_on_full_images_recovers_border_objects_once(dataset: Path, tm
     """Train on tiles, validate sliced on the full images: the tiled dataset's YAML (only train tiled) points val
     at the original scene; ``val.run(slice_size=400)`` with a stub backend (tests/test_slicing.py's SquareFinder)
     finds B, C, D (across tile borders) and A, G exactly once: one saved box per object, IoU > 0.9."""
-    import utils.inference as inference
+    import utils.infer.detector as inference
     import val
 
     class StubBackend(inference._Backend):

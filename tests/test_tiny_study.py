@@ -11,7 +11,7 @@ from scipy.stats import ttest_rel
 
 from experiments import compare, tiny_report, tiny_study
 from tests.helpers import tiny_dataset
-from utils.tfl import tfl_weights
+from utils.loss.tfl import tfl_weights
 
 
 def _args(**kw):
@@ -52,9 +52,9 @@ def test_study_variants_hold_the_controls():
 def test_mean_tfl_weight_matches_the_loader(tmp_path):
     data = tiny_dataset(tmp_path, n_train=8, n_val=2, imgsz=64)
     m = tiny_study.mean_tfl_weight(str(data), 64, batches=1)
-    from utils.dataloaders import create_dataloader
-    from utils.dataset_yaml import check_dataset
-    from utils.hyp import load_hyp
+    from data.prepare import check_dataset
+    from utils.config.hyp import load_hyp
+    from utils.dataset.dataloaders import create_dataloader
 
     d = check_dataset(str(data))
     loader, _ = create_dataloader(d["train"], 64, 16, 32, hyp=load_hyp("hyp.tfl.yaml"), augment=True, workers=0,

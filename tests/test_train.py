@@ -13,7 +13,7 @@ import yaml
 import train
 from tests.helpers import tiny_dataset
 from utils.checkpoints import load_checkpoint, load_model
-from utils.hyp import load_hyp
+from utils.config.hyp import load_hyp
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -181,9 +181,9 @@ def test_resume_restores_exactly_what_a_checkpoint_saves(tmp_path):
     from types import SimpleNamespace
 
     from models.yolo import DetectionModel
-    from utils.run_state import LoopState, ResumeError, restore_training_state, save_epoch
     from utils.torch_utils import ModelEMA
-    from utils.train_run import build_optimizer
+    from utils.train.builders import build_optimizer
+    from utils.train.state import LoopState, ResumeError, restore_training_state, save_epoch
 
     def make_run():
         torch.manual_seed(0)

@@ -15,13 +15,13 @@ import torch
 import yaml
 
 import train
+from data.prepare import check_dataset
 from tests.helpers import tiny_dataset
 from utils.checkpoints import load_checkpoint
-from utils.dataloaders import LoadImagesAndLabels
-from utils.dataset_yaml import check_dataset
-from utils.hyp import load_hyp
-from utils.train_run import build_loaders
-from utils.train_utils import LOCK_NAME
+from utils.config.hyp import load_hyp
+from utils.dataset.dataloaders import LoadImagesAndLabels
+from utils.run_dirs import LOCK_NAME
+from utils.train.builders import build_loaders
 
 
 @pytest.fixture(scope="module")

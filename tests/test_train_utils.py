@@ -13,27 +13,20 @@ import pytest
 import torch
 from torch import nn
 
-from utils.cli import UsageError
-from utils.dataset_yaml import DatasetError
-from utils.train_utils import (
+from utils.checkpoints import transfer_weights
+from utils.errors import DatasetError, UsageError
+from utils.run_dirs import (
     LOCK_NAME,
-    NOMINAL_BATCH,
-    EarlyStopping,
-    NonFiniteGuard,
     RunLockError,
     acquire_run_lock,
-    check_freeze,
     check_run_lock,
-    check_skipped,
     increment_path,
     lock_holder,
-    lr_factor,
     release_run_lock,
-    skip_reason,
-    transfer_weights,
-    warmup_accumulate,
-    warmup_values,
 )
+from utils.train.checks import check_freeze, check_skipped, skip_reason
+from utils.train.loop import EarlyStopping, NonFiniteGuard
+from utils.train.schedule import NOMINAL_BATCH, lr_factor, warmup_accumulate, warmup_values
 
 PATHS = [f"/data/images/im{i}.jpg" for i in range(10)]
 
@@ -41,7 +34,7 @@ PATHS = [f"/data/images/im{i}.jpg" for i in range(10)]
 def test_guard_skips_counts_and_resets(caplog):
     g = NonFiniteGuard(limit=3)
     assert g.check(torch.tensor([1.5]), PATHS[:2])
-    with caplog.at_level(logging.WARNING, logger="utils.train_utils"):
+    with caplog.at_level(logging.WARNING, logger="utils.train.loop"):
         assert not g.check(torch.tensor([float("nan")]), PATHS[:2])
         assert not g.check(torch.tensor([1.0, float("inf")]), PATHS[2:4])
     assert (g.in_row, g.total) == (2, 2)
@@ -72,7 +65,7 @@ def test_guard_never_raises_when_interrupted():
 
 
 def test_guard_warning_truncates_long_batches(caplog):
-    with caplog.at_level(logging.WARNING, logger="utils.train_utils"):
+    with caplog.at_level(logging.WARNING, logger="utils.train.loop"):
         NonFiniteGuard(limit=5).check(torch.tensor(float("nan")), PATHS)
     assert "im7.jpg ..." in caplog.text and "im8.jpg" not in caplog.text
 
@@ -225,8 +218,7 @@ def test_skip_reasons_and_the_share_that_stops_training():
 def test_nominal_batch_sets_the_accumulation():
     import argparse
 
-    from utils.train_run import nominal_batch
-    from utils.train_utils import warmup_accumulate
+    from utils.train.schedule import nominal_batch, warmup_accumulate
 
     assert warmup_accumulate(1000, 100, 16) == 4 and warmup_accumulate(1000, 100, 16, nbs=16) == 1
     assert warmup_accumulate(50, 100, 8, nbs=32) == 2  # halfway through warmup: 1 -> 4

@@ -14,9 +14,9 @@ import val
 from data.synthetic import generate
 from models.yolo import DetectionModel
 from utils.checkpoints import CheckpointError, save_checkpoint
-from utils.dataset_yaml import DatasetError
-from utils.hyp import load_hyp
-from utils.labels import LabelError
+from utils.config.hyp import load_hyp
+from utils.dataset.labels import LabelError
+from utils.errors import DatasetError
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,8 @@ OBJECTS = ((1, 20.0, 20.0, 12.0, 12.0), (2, 44.0, 40.0, 10.0, 14.0))  # cls, xyw
 
 
 class StubBackend:
-    """An inference backend (``utils.inference._Backend``'s attributes) with nc = 4 that finds ``OBJECTS`` exactly but
-    calls every one class 0: input px of val's rect batch, which pads the 64 px image to a square."""
+    """An inference backend (``utils.infer.detector._Backend``'s attributes) with nc = 4 that finds ``OBJECTS`` exactly
+    but calls every one class 0: input px of val's rect batch, which pads the 64 px image to a square."""
 
     device, stride, nc, names, hyp, train_imgsz = torch.device("cpu"), torch.tensor([8.0, 16.0, 32.0]), 4, {}, None, 64
 
@@ -164,14 +164,14 @@ def test_val_split_without_labels_is_refused(tmp_path, monkeypatch):
 
 def test_imgsz_defaults_to_the_trained_size(tmp_path, monkeypatch):
     """No --imgsz: the checkpoint's training size (the stub's 64), not 640 or 128."""
-    import utils.dataloaders
+    import utils.dataset.dataloaders
 
     _scene(tmp_path / "ds")
     seen = []
 
     def spy(path, imgsz, *a, **k):
         seen.append(imgsz)
-        return utils.dataloaders.create_dataloader(path, imgsz, *a, **k)
+        return utils.dataset.dataloaders.create_dataloader(path, imgsz, *a, **k)
 
     monkeypatch.setattr(val, "load_backend", lambda *a, **k: StubBackend())
     monkeypatch.setattr(val, "create_dataloader", spy)

@@ -46,8 +46,9 @@ from torch import nn
 from models import common, yolo
 from models.yolo import DetectionModel
 from utils.atomic import atomic_torch_save
+from utils.config.hyp import HypError, load_hyp
 from utils.downloads import attempt_download_weights
-from utils.hyp import HypError, load_hyp
+from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
 FORMAT = "tinyfocal-v1"
@@ -63,7 +64,7 @@ _NUMPY_DTYPE_CLASSES = tuple(type(np.dtype(t)) for t in (np.bool_, np.int8, np.i
                                                           np.float64))
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A file is not a usable checkpoint; the message names the file and the problem."""
 
 
@@ -349,6 +350,17 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, ema: Any = None, opti
         "extra": _plain(extra, "extra"),
     }
     return atomic_torch_save(ck, path)
+
+
+def transfer_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor],
+                     exclude: tuple[str, ...] = ()) -> tuple[int, int]:
+    """Copy every tensor of ``state_dict`` whose key and shape match ``model``'s (keys containing any ``exclude``
+    string are skipped). Returns (transferred, total tensors in the model)."""
+    own = model.state_dict()
+    keep = {k: v for k, v in state_dict.items()
+            if k in own and v.shape == own[k].shape and not any(x in k for x in exclude)}
+    model.load_state_dict(keep, strict=False)
+    return len(keep), len(own)
 
 
 def strip_optimizer(path: str | Path, out: str | Path | None = None) -> Path:

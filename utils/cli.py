@@ -12,14 +12,12 @@ import argparse
 import sys
 from collections.abc import Callable
 
-# Errors caused by the user's input: a missing file (FileNotFoundError), or a bad value/file reported by the typed
-# errors, which all derive from ValueError (CheckpointError, DatasetError, LabelError, HypError, DownloadError,
-# UsageError). Anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError)
+from utils.errors import UsageError, UserError
 
-
-class UsageError(ValueError):
-    """A bad command-line flag or value; the message names the flag."""
+# Errors caused by the user's input: the UserError family (utils/errors.py: UsageError, DatasetError, HypError,
+# LabelError, CheckpointError, DownloadError, ...) and a user path that does not open as expected. Anything else,
+# a plain ValueError included, is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -58,4 +56,4 @@ def check_args(**conditions: tuple[bool, str]) -> None:
             raise UsageError(f"--{name.replace('_', '-')} {requirement}")
 
 
-__all__ = ["ArgumentParser", "USER_ERRORS", "UsageError", "check_args", "one_line", "run_main"]
+__all__ = ["ArgumentParser", "USER_ERRORS", "check_args", "one_line", "run_main"]

@@ -35,6 +35,7 @@ from typing import IO
 from tqdm import tqdm
 
 from utils.atomic import atomic_write
+from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ USER_AGENT = "tinyfocal-downloader"
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
-class DownloadError(ValueError):
+class DownloadError(UserError):
     """A file could not be downloaded or failed its checks; the one-line message says what, from where and why."""
 
 

@@ -6,7 +6,7 @@ the inference size (``plot_val_study``).
 Each figure is a matplotlib ``Figure`` on its own Agg canvas (``new_figure``), written by ``save_figure`` at one
 resolution (``DPI``): no pyplot, so no global figure registry and no backend switch; importing or calling this
 module leaves the caller's matplotlib configuration as it was, and figures may be drawn from threads. Boxes on
-images are drawn with OpenCV. The numbers come from elsewhere (utils/metrics.py, utils/tfl.py): nothing here
+images are drawn with OpenCV. The numbers come from elsewhere (utils/eval/metrics.py, utils/loss/tfl.py): nothing here
 computes a metric.
 """
 
@@ -25,10 +25,11 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from utils.boxes import xywh2xyxy
-from utils.hyp import Hyp
-from utils.metrics import PRCurves, smooth
-from utils.tfl import tfl_weights
+from utils.config.hyp import Hyp
+from utils.errors import UserError
+from utils.eval.metrics import PRCurves, smooth
+from utils.loss.tfl import tfl_weights
+from utils.ops.boxes import xywh2xyxy
 
 DPI = 150  # every saved figure; a 9 x 6 in curve is 1350 x 900 px
 MAX_LEGEND_CLASSES = 20  # above this, per-class curves are drawn grey without a legend
@@ -188,7 +189,7 @@ def plot_results(csv_file: str | Path = "results.csv", out: str | Path | None = 
     with open(csv_file, newline="") as f:
         rows = [[c.strip() for c in r] for r in csv.reader(f) if r]
     if len(rows) < 2:
-        raise ValueError(f"{csv_file}: no data rows to plot")
+        raise UserError(f"{csv_file}: no data rows to plot")
     header, data = rows[0], rows[1:]
 
     def num(v: str) -> float:
@@ -250,7 +251,7 @@ def plot_mc_curve(px: np.ndarray, y: np.ndarray, path: str | Path, names: Sequen
 
 def plot_metric_curves(curves: PRCurves, save_dir: str | Path = ".", names: dict[int, str] | None = None,
                        prefix: str = "") -> list[Path]:
-    """Save ``{prefix}PR_curve.png`` and the F1/P/R-confidence curves of ``curves`` (utils.metrics.pr_curves)
+    """Save ``{prefix}PR_curve.png`` and the F1/P/R-confidence curves of ``curves`` (utils.eval.metrics.pr_curves)
     into ``save_dir``; ``names`` maps class ids to names. Returns the four paths."""
     names = names or {}
     labels = [str(names.get(int(c), int(c))) for c in curves.classes]

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.errors import UsageError
+
 LOGGER = logging.getLogger(__name__)
 
 
@@ -36,23 +38,23 @@ def select_device(device: str | int | torch.device | None = "", batch_size: int 
         return torch.device("cpu")
     if text == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise ValueError("device 'mps' requested but torch.backends.mps.is_available() is False; use 'cpu'")
+            raise UsageError("device 'mps' requested but torch.backends.mps.is_available() is False; use 'cpu'")
         return torch.device("mps")
     if text == "":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     ids = text.split(",")
     if not all(i.isdigit() for i in ids):
-        raise ValueError(f"device {device!r} not understood: use '', 'cpu', 'mps', '0' or '0,1,...'")
+        raise UsageError(f"device {device!r} not understood: use '', 'cpu', 'mps', '0' or '0,1,...'")
     if not torch.cuda.is_available():
-        raise ValueError(f"CUDA device {device!r} requested but CUDA is not available "
+        raise UsageError(f"CUDA device {device!r} requested but CUDA is not available "
                          f"(torch {torch.__version__}); use device 'cpu'")
     n_visible = torch.cuda.device_count()
     bad = [i for i in ids if int(i) >= n_visible]
     if bad:
-        raise ValueError(f"CUDA device(s) {','.join(bad)} requested but only {n_visible} visible "
+        raise UsageError(f"CUDA device(s) {','.join(bad)} requested but only {n_visible} visible "
                          f"(use 0..{n_visible - 1})")
     if len(ids) > 1 and batch_size > 0 and batch_size % len(ids):
-        raise ValueError(f"batch size {batch_size} is not a multiple of the {len(ids)} devices {text!r}")
+        raise UsageError(f"batch size {batch_size} is not a multiple of the {len(ids)} devices {text!r}")
     return torch.device(f"cuda:{ids[0]}")
 
 
@@ -224,7 +226,7 @@ def smart_optimizer(model: nn.Module, name: str = "Adam", lr: float = 0.001, mom
     elif key == "sgd":
         optimizer = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
     else:
-        raise ValueError(f"optimizer {name!r} not supported: use 'SGD', 'Adam', 'AdamW' or 'RMSProp'")
+        raise UsageError(f"optimizer {name!r} not supported: use 'SGD', 'Adam', 'AdamW' or 'RMSProp'")
     optimizer.add_param_group({"params": weights, "weight_decay": decay})
     optimizer.add_param_group({"params": norm_weights, "weight_decay": 0.0})
     LOGGER.info(f"optimizer: {type(optimizer).__name__}(lr={lr}) with parameter groups {len(norm_weights)} "
