@@ -132,3 +132,12 @@ def test_markdown_table_lists_every_key_once():
     rows = [r for r in markdown_table().splitlines()[2:]]
     assert [r.split("`")[1] for r in rows] == list(SPECS)
     assert "| `nwd_c` | `12.8` | > 0 (input px) |" in markdown_table()
+
+
+def test_docs_table_is_the_generated_one():
+    """docs/hyperparameters.md holds exactly the table ``python -m utils.config.hyp`` prints (it cannot drift)."""
+    from utils.config.hyp import markdown_table
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "hyperparameters.md").read_text(encoding="utf-8")
+    assert markdown_table() in doc
+    assert markdown_table().replace("`0.01`", "`0.02`", 1) not in doc  # the check bites on a changed default

@@ -153,7 +153,7 @@ def checkpoint_sizes(cfg: str = "yolov5n.yaml", nc: int = 80) -> tuple[int, int,
 
 
 def test_yolov5n_80_classes_sizes():
-    """The README's figures: yolov5n (80 classes, 1.87 M parameters) 22.8 MB with the training state, 3.9 MB
+    """The figures in docs/training.md: yolov5n (80 classes, 1.87 M parameters) 22.8 MB with the training state, 3.9 MB
     stripped (2 bytes per weight), a ratio of 0.17."""
     full, small, n = checkpoint_sizes()
     assert n == 1_872_157

@@ -140,7 +140,7 @@ def test_idempotent_and_regenerated_on_change(tmp_path):
 def test_yaml_through_check_dataset(tmp_path):
     raw = yaml.safe_load((ROOT / "data" / "synthetic-aerial.yaml").read_text())
     assert raw["download"] == "synthetic-aerial" and list(raw["names"].values()) == list(NAMES)
-    # the study's size (README "Finding more tiny objects"): 160 px, ~10-20 objects an image
+    # the study's size (docs/experiments.md): 160 px, ~10-20 objects an image
     assert {k: raw["synthetic"][k] for k in ("n_train", "n_val", "n_test", "imgsz", "min_objects", "max_objects")} \
         == dict(n_train=600, n_val=200, n_test=400, imgsz=160, min_objects=8, max_objects=20)
     raw["path"] = "ds"

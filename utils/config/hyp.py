@@ -1,10 +1,10 @@
 """Training hyperparameters: YAML -> a typed, validated, immutable ``Hyp`` -> the code that needs it.
 
 Every key is declared once, in its field below: default, range or choices, whether a file may omit it, and its
-meaning. Loading, coercion, validation, the README's tables (``python -m utils.config.hyp``) and the command line's
-``--hyp-set`` all derive from those declarations. YOLOv5 v7.0 hyp files load unchanged: its keys are required
-(a missing one is an error naming it); ours default to "off" so that a plain YOLOv5 file gives YOLOv5's numbers.
-Unknown keys are rejected by name. Derived values (e.g. the box gain scaled by the number of detection levels)
+meaning. Loading, coercion, validation, the docs' table (docs/hyperparameters.md, ``python -m utils.config.hyp``) and
+the command line's ``--hyp-set`` all derive from those declarations. YOLOv5 v7.0 hyp files load unchanged: its keys are
+required (a missing one is an error naming it); ours default to "off" so that a plain YOLOv5 file gives YOLOv5's
+numbers. Unknown keys are rejected by name. Derived values (e.g. the box gain scaled by the number of detection levels)
 are computed where used, never written back.
 """
 
@@ -321,7 +321,7 @@ def hyp_from_model_or_dict(hyp: Hyp | dict | None) -> Hyp:
 
 
 def markdown_table() -> str:
-    """The README's hyperparameter table, generated from the declarations."""
+    """The hyperparameter table of docs/hyperparameters.md, generated from the declarations."""
     rows = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
     for f in fields(Hyp):
         s, kind = SPECS[f.name], _KINDS[f.name]
