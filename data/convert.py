@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from data.convert_common import DROP_REASONS, Converter, Counts, Output, extract
 from utils.atomic import atomic_write_json
 from utils.dataset_yaml import DatasetError
 from utils.ignore import IgnoreFileError
+from utils.safe_paths import UnsafePathError, plain_name, relative_path, remove_inside
 
 MARKER = "convert.json"
 CONVERTERS: dict[str, Converter] = {c.name: c for c in (convert_visdrone.CONVERTER, convert_coco.AITOD,
@@ -57,15 +57,37 @@ def _type_ok(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
+def _check_paths(value: Any, where: str) -> None:
+    """Every string in ``value`` (nested mappings and lists) is a path relative to SRC that stays inside it."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_paths(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for v in value:
+            _check_paths(v, where)
+    else:
+        relative_path(value, where)
+
+
 def resolve_options(conv: Converter, options: dict[str, Any] | None) -> dict[str, Any]:
-    """``options`` over ``conv``'s defaults; an unknown key or a value of the wrong type raises DatasetError."""
+    """``options`` over ``conv``'s defaults; an unknown key, a value of the wrong type, a split name that is not a
+    plain folder name or a source path that is absolute or leaves SRC with '..' raises DatasetError."""
     opts = copy.deepcopy(conv.defaults)
+    if not isinstance(options, dict | None):
+        raise DatasetError(f"{conv.name}: options must be a mapping, got {options!r}")
     for k, v in (options or {}).items():
         if k not in opts:
-            raise DatasetError(f"{conv.name}: unknown option {k!r}; options are {', '.join(opts)}")
+            raise DatasetError(f"{conv.name}: unknown option {k!r}; options are {', '.join(map(str, opts))}")
         if not _type_ok(v, opts[k]):
             raise DatasetError(f"{conv.name}: option {k!r} must be like {opts[k]!r}, got {v!r}")
         opts[k] = v
+    try:  # split names become folders under DST (removed when converting again): plain names only
+        for split in conv.splits(opts):
+            plain_name(split, f"{conv.name}: split name")
+        for k in conv.path_options:
+            _check_paths(opts[k], f"{conv.name}: option {k}")
+    except UnsafePathError as e:
+        raise DatasetError(str(e)) from None
     return opts
 
 
@@ -76,12 +98,29 @@ def _params(conv: Converter, src: Path, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_marker(dst: str | Path) -> dict[str, Any] | None:
-    """The marker of a finished conversion in ``dst``, or None (absent or unreadable)."""
+    """The marker of a finished conversion in ``dst``, or None (absent or unreadable).
+
+    Raises DatasetError naming the marker when it is JSON but not one this module writes: its split names (which
+    decide what a new conversion removes) must be plain folder names and its class names a list of strings.
+    """
+    f = Path(dst) / MARKER
     try:
-        m = json.loads((Path(dst) / MARKER).read_text(encoding="utf-8"))
+        m = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return m if isinstance(m, dict) else None
+    if not isinstance(m, dict):
+        return None
+    counts, names = m.get("counts"), m.get("names")
+    per_split = counts.get("per_split") if isinstance(counts, dict) else None
+    if not isinstance(per_split, dict) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DatasetError(f"{f}: not a marker written by data.convert (no counts.per_split mapping or names list); "
+                           "delete it to convert again")
+    try:
+        for split in per_split:
+            plain_name(split, "split name")
+    except UnsafePathError as e:
+        raise DatasetError(f"{f}: {e}; this marker was not written by data.convert, delete it") from None
+    return m
 
 
 def is_converted(name: str, src: str | Path, dst: str | Path, options: dict[str, Any] | None = None) -> bool:
@@ -120,12 +159,11 @@ def convert(name: str, src: str | Path, dst: str | Path, options: dict[str, Any]
     t0 = time.time()
     extract_archives(src)
     plan = conv.locate(src, opts)  # reads and checks every input before anything is removed
-    (dst / MARKER).unlink(missing_ok=True)
-    old_splits = list((old or {}).get("counts", {}).get("per_split", {}))
+    remove_inside(dst / MARKER, dst)
+    old_splits = list(old["counts"]["per_split"]) if old else []  # plain names (read_marker checked them)
     for split in dict.fromkeys(conv.splits(opts) + old_splits):
-        shutil.rmtree(dst / "images" / split, ignore_errors=True)
-        shutil.rmtree(dst / "labels" / split, ignore_errors=True)
-        (dst / "labels" / f"{split}.cache").unlink(missing_ok=True)
+        for p in (dst / "images" / split, dst / "labels" / split, dst / "labels" / f"{split}.cache"):
+            remove_inside(p, dst)  # resolved and checked right before the delete: never outside DST
     dst.mkdir(parents=True, exist_ok=True)
     counts = Counts()
     conv.run(plan, Output(dst, counts, conv.flag_columns), opts)
@@ -177,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         convert(a.dataset, a.src, a.dst, _parse_set(a.set), force=a.force)
-    except (DatasetError, IgnoreFileError, OSError) as e:
+    except (DatasetError, IgnoreFileError, UnsafePathError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

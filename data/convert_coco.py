@@ -97,12 +97,19 @@ def _locate(src: Path, opts: dict[str, Any], classes_fn, dataset: str) -> list[d
         img_root = src / str(spec["images"])
         d = load_json(ann_file)
         classes = classes_fn(d["categories"], opts, ann_file)
-        images = {}
+        images: dict[Any, str] = {}
+        ids_of: dict[str, Any] = {}  # file name -> image id: each image is listed once
         for im in d["images"]:
-            rel = safe_relpath(im.get("file_name", ""), f"{ann_file}: image id {im.get('id')}")
+            iid = im.get("id")
+            rel = safe_relpath(im.get("file_name", ""), f"{ann_file}: image id {iid}")
+            if iid in images:  # its annotations could not tell the two images apart
+                raise DatasetError(f"{ann_file}: duplicate image id {iid!r} in 'images' ({images[iid]} and {rel})")
+            if rel in ids_of:  # one label file would be written twice: the first image's labels lost
+                raise DatasetError(f"{ann_file}: duplicate file_name {rel!r} in 'images' (image ids "
+                                   f"{ids_of[rel]!r} and {iid!r})")
             if not (img_root / rel).is_file():
                 raise DatasetError(f"{ann_file}: image {img_root / rel} does not exist")
-            images[im.get("id")] = rel
+            images[iid], ids_of[rel] = rel, iid
         anns = defaultdict(list)
         for a in d["annotations"]:
             if a.get("image_id") not in images:
@@ -162,11 +169,11 @@ def _tinyperson_root(src: Path) -> Path:
 AITOD = Converter(
     name="aitod", version=1, defaults=AITOD_DEFAULTS, names=lambda opts: list(AITOD_NAMES),
     locate=lambda src, opts: _locate(src, opts, aitod_classes, "aitod"),
-    run=lambda plan, out, opts: _run(plan, out, (), "aitod"), splits=_splits)
+    run=lambda plan, out, opts: _run(plan, out, (), "aitod"), splits=_splits, path_options=("splits",))
 
 TINYPERSON = Converter(
     name="tinyperson", version=1, defaults=TINYPERSON_DEFAULTS,
     names=lambda opts: ["person"] if opts["merge_persons"] else ["sea person", "earth person"],
     locate=lambda src, opts: _locate(_tinyperson_root(src), opts, tinyperson_classes, "tinyperson"),
     run=lambda plan, out, opts: _run(plan, out, ("uncertain",), "tinyperson"), splits=_splits,
-    flag_columns=("uncertain",))
+    flag_columns=("uncertain",), path_options=("splits",))

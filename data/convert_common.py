@@ -31,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from utils.dataset_yaml import DatasetError
 from utils.ignore import format_ignore, ignore_file_for
+from utils.safe_paths import UnsafePathError, relative_path
 
 FLAGS_SUFFIX = ".flags.txt"
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz")
@@ -81,8 +82,9 @@ class Converter:
     names: Callable[[dict[str, Any]], list[str]]  # class names (index = class id) for these options
     locate: Callable[[Path, dict[str, Any]], Any]
     run: Callable[[Any, Output, dict[str, Any]], None]
-    splits: Callable[[dict[str, Any]], list[str]]  # the splits written for these options
+    splits: Callable[[dict[str, Any]], list[str]]  # the splits written for these options (plain folder names)
     flag_columns: tuple[str, ...] = ()
+    path_options: tuple[str, ...] = ()  # options whose strings (also nested) are paths relative to SRC
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -106,12 +108,13 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def safe_relpath(rel: str, where: str) -> str:
-    """A relative image path from an annotation file, refused when absolute or escaping with '..'."""
-    p = Path(str(rel))
-    if not str(rel) or p.is_absolute() or ".." in p.parts:
-        raise DatasetError(f"{where}: unsafe or empty image path {rel!r} (must be relative, without '..')")
-    return p.as_posix()
+def safe_relpath(rel: object, where: str) -> str:
+    """A relative image path from an annotation file (POSIX form), refused when not a string, empty, absolute or
+    escaping with '..'."""
+    try:
+        return relative_path(rel, where)
+    except UnsafePathError:
+        raise DatasetError(f"{where}: unsafe or empty image path {rel!r} (must be relative, without '..')") from None
 
 
 def first_existing(root: Path, candidates: str | list[str], what: str) -> Path:

@@ -89,4 +89,5 @@ def run(plan: list[tuple[str, Path, Path, list[Path]]], out: Output, opts: dict[
 
 
 CONVERTER = Converter(name="visdrone", version=1, defaults=DEFAULTS, names=lambda opts: list(NAMES), locate=locate,
-                      run=run, splits=_splits, flag_columns=("truncation", "occlusion"))
+                      run=run, splits=_splits, flag_columns=("truncation", "occlusion"),
+                      path_options=("splits",))

@@ -123,4 +123,5 @@ def _int(v: Any) -> int | None:
 
 
 CONVERTER = Converter(name="xview", version=1, defaults=DEFAULTS, names=lambda opts: list(NAMES), locate=locate,
-                      run=run, splits=lambda opts: ["train", "val"] if opts["val_fraction"] > 0 else ["train"])
+                      run=run, splits=lambda opts: ["train", "val"] if opts["val_fraction"] > 0 else ["train"],
+                      path_options=("geojson", "images"))

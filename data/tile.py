@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from tqdm import tqdm
 from utils.dataset_yaml import DatasetError, check_dataset
 from utils.ignore import format_ignore, ignore_file_for, load_ignore
 from utils.labels import LabelError, cache_key, img2label_paths, parse_label_file
+from utils.safe_paths import remove_inside
 from utils.slicing import make_tiles
 from utils.sources import DatasetNotFoundError, imread, list_image_files
 
@@ -56,6 +56,7 @@ VIS_TOL = 1e-6  # float32 label files: a fraction within this below min_visible 
 MIN_SIDE = 1e-5  # a clipped side under this share of the tile is no overlap (it would be written as a 0-size row)
 JPEG_QUALITY = 95
 JPEG_SUFFIXES = {".jpg": ".jpg", ".jpeg": ".jpeg", ".mpo": ".jpg"}
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class TileParams:
             raise ValueError(f"--min-visible must be a fraction in [0, 1], got {self.min_visible}")
         if not self.splits:
             raise ValueError("--splits needs at least one split (train, val or test)")
+        bad = [x for x in self.splits if x not in SPLITS]  # split names become folders under --out
+        if bad:
+            raise ValueError(f"--splits must be among {', '.join(SPLITS)}, got {bad}")
 
 
 @dataclass
@@ -261,6 +265,38 @@ def _fingerprint(files_by_split: dict[str, list[str]], nc: int) -> str:
     return cache_key(ims, lbs + [str(ignore_file_for(f)) for f in lbs], nc)
 
 
+def _split_folders(data: dict, files: dict[str, list[str]]) -> dict[Path, str]:
+    """Resolved folder -> split, for the image and label folders of every split of the source dataset: the folders
+    its sources name, the folders holding its images, and their ``labels`` twins (``img2label_paths``)."""
+    out: dict[Path, str] = {}
+    for split in SPLITS:
+        src = data.get(split)
+        if not src:
+            continue
+        try:
+            listed = files.get(split) or list_image_files(src)
+        except DatasetNotFoundError:  # an untiled split that does not exist holds no tiles either
+            listed = []
+        folders = {Path(f).parent for f in listed}
+        folders |= {Path(x) for x in (src if isinstance(src, list) else [src]) if os.path.isdir(x)}
+        for f in folders:
+            out.setdefault(f.resolve(), split)
+            out.setdefault(Path(img2label_paths([str(f / "x.jpg")])[0]).parent.resolve(), split)
+    return out
+
+
+def check_out_dir(out: Path, data: dict, files: dict[str, list[str]]) -> None:
+    """Refuse an ``out`` (resolved) inside a split folder of the source dataset (its images would be listed as
+    that split's: tiles of train leaking into val) or holding one (emptying ``out`` would delete sources)."""
+    for folder, split in _split_folders(data, files).items():
+        if out == folder or folder in out.parents:
+            raise DatasetError(f"--out {out}: lies inside the {split} split folder {folder} of the source dataset "
+                               f"(the {split} split would list the tiles); choose a folder outside images/ and labels/")
+        if out in folder.parents:
+            raise DatasetError(f"--out {out}: holds the {split} split folder {folder} of the source dataset; "
+                               "choose a separate folder")
+
+
 def _read_marker(path: Path) -> dict | None:
     """The marker's content, None when absent or not a marker (unreadable, not a JSON mapping)."""
     try:
@@ -278,7 +314,7 @@ def prepare_out_dir(out: Path, marker: dict) -> bool:
     """
     old = _read_marker(out / MARKER)
     if old is not None and old.get("params") == marker["params"] and old.get("source") == marker["source"]:
-        (out / PARTIAL).unlink(missing_ok=True)  # killed between writing the marker and removing this
+        remove_inside(out / PARTIAL, out)  # killed between writing the marker and removing this
         return True
     if out.exists():
         if not out.is_dir():
@@ -288,7 +324,8 @@ def prepare_out_dir(out: Path, marker: dict) -> bool:
             raise DatasetError(f"--out {out}: folder exists, is not empty and was not written by data.tile "
                                f"(no {MARKER}); choose another folder or empty it yourself")
         if ours:
-            shutil.rmtree(out)
+            for child in out.iterdir():
+                remove_inside(child, out)  # resolved and checked right before the delete
     out.mkdir(parents=True, exist_ok=True)
     (out / PARTIAL).write_text(json.dumps(marker["params"], indent=1) + "\n", encoding="utf-8")
     return False
@@ -323,6 +360,7 @@ def tile_dataset(data: str | Path, out: str | Path, size: int = 640, overlap: fl
         inside = next((f for f in fs if out in Path(f).parents), None)
         if inside:
             raise DatasetError(f"--out {out}: holds the source image {inside} ({s}); choose a separate folder")
+    check_out_dir(out, d, files)
     marker = {"params": asdict(p) | {"splits": list(p.splits)}, "source": _fingerprint(files, d["nc"])}
     report = TileReport(data_yaml=out / DATA_YAML)
     if prepare_out_dir(out, marker):
@@ -341,7 +379,7 @@ def tile_dataset(data: str | Path, out: str | Path, size: int = 640, overlap: fl
     report.data_yaml.write_text(_data_yaml(d, out, p.splits), encoding="utf-8")
     marker["counts"] = {s: asdict(c) for s, c in report.splits.items()}
     (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")  # last: complete from here
-    (out / PARTIAL).unlink()
+    remove_inside(out / PARTIAL, out)
     return report
 
 

@@ -21,7 +21,7 @@ import torch
 from utils.augmentations import letterbox
 from utils.backends import Backend, OpenVinoBackend, TorchScriptBackend, decode_props, fit_fixed_input
 from utils.boxes import scale_boxes
-from utils.checkpoints import CheckpointError, load_model
+from utils.checkpoints import CheckpointError, check_loadable, load_model
 from utils.downloads import attempt_download_weights
 from utils.nms import non_max_suppression
 from utils.slicing import sliced_detect
@@ -124,7 +124,7 @@ def load_backend(weights: str | Path, device: str | torch.device = "", half: boo
         CheckpointError: the file is not a model (message names the file and why).
         MissingPackageError: an OpenVINO model without the openvino package (one line with the pip command).
     """
-    path = attempt_download_weights(weights)
+    path = attempt_download_weights(weights, verify=check_loadable)
     if not path.exists():
         raise FileNotFoundError(f"weights not found: {path}")
     suffix = path.suffix.lower()
