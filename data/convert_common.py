@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tarfile
-import zipfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,12 +27,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from utils.archives import SUFFIXES as ARCHIVE_SUFFIXES
+from utils.archives import ArchiveError, extract, is_archive
 from utils.dataset_yaml import DatasetError
 from utils.ignore import format_ignore, ignore_file_for
 from utils.safe_paths import UnsafePathError, relative_path
 
 FLAGS_SUFFIX = ".flags.txt"
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz")
 DROP_REASONS = {  # counter key -> words of the printed summary
     "zero_size": "zero-size boxes (after clipping to the image)",
     "zero_size_ignore": "zero-size ignore areas",
@@ -127,50 +126,26 @@ def first_existing(root: Path, candidates: str | list[str], what: str) -> Path:
     raise DatasetError(f"missing {what}: {listed}" + (" (none of these exists)" if len(cands) > 1 else ""))
 
 
-def _is_archive(p: Path) -> bool:
-    return p.is_file() and p.name.lower().endswith(ARCHIVE_SUFFIXES) and not p.name.startswith(".")
-
-
 def extract_archives(folder: Path) -> list[Path]:
     """Extract every archive (.zip, .tar, .tgz, .tar.gz) lying directly in ``folder`` into it, once: a hidden
     ``.NAME.extracted`` file, written after a complete extraction, marks it done. Returns the archives extracted now.
 
-    Raises DatasetError naming the archive when it is corrupt or incomplete, or holds an absolute or '..' path.
+    Raises DatasetError naming the archive when it is corrupt or incomplete, holds an absolute or '..' path or
+    links, or is over the limits of ``utils/archives.py`` (size, compression ratio, members, free space).
     """
     done = []
-    for a in sorted(p for p in folder.iterdir() if _is_archive(p)):
+    for a in sorted(p for p in folder.iterdir() if is_archive(p)):
         flag = folder / f".{a.name}.extracted"
         if flag.exists():
             continue
         print(f"Extracting {a} ...")
         try:
-            if a.name.lower().endswith(".zip"):
-                with zipfile.ZipFile(a) as z:
-                    names = z.namelist()
-                    _check_members(a, names)
-                    z.extractall(folder)
-            else:
-                with tarfile.open(a) as t:
-                    members = t.getmembers()
-                    _check_members(a, [m.name for m in members])
-                    if any(m.issym() or m.islnk() for m in members):
-                        raise DatasetError(f"{a}: archive holds links; refused")
-                    if hasattr(tarfile, "data_filter"):  # Python >= 3.12 (and security backports): no special files
-                        t.extractall(folder, filter="data")
-                    else:
-                        t.extractall(folder)
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zipfile.LargeZipFile) as e:
-            raise DatasetError(f"{a}: corrupt or incomplete archive ({type(e).__name__}: {e}); delete it and "
-                               "download it again") from None
+            extract(a, folder)
+        except ArchiveError as e:
+            raise DatasetError(str(e)) from None
         flag.write_text("")
         done.append(a)
     return done
-
-
-def _check_members(archive: Path, names: list[str]) -> None:
-    for m in names:  # refuse absolute paths and '..' (zip slip)
-        if Path(m).is_absolute() or ".." in Path(m).parts:
-            raise DatasetError(f"{archive}: unsafe path in archive: {m}")
 
 
 def clip_boxes(boxes: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
