@@ -5,15 +5,22 @@ CLI: ``python -m data.convert {visdrone,aitod,tinyperson,xview} SRC DST [--set K
 ``download: {urls: [...], converter: NAME, options: {...}}`` (``utils/dataset_yaml.py``).
 
 SRC is a folder holding the original files; archives (.zip, .tar, .tgz) lying directly in it are extracted there
-first, once. DST receives ``images/{split}``, ``labels/{split}`` (labels, ignore areas, flags; see
-``data/convert_common.py``) and the marker ``DST/convert.json``, written LAST: it records the converter, its version,
-the source folder, the options (defaults filled in) and the counts. A later call with the same parameters does
-nothing; any difference, or no marker (e.g. an interrupted conversion), converts again from scratch (the split
-folders under DST/images and DST/labels are replaced). Per-dataset rules: ``data/convert_visdrone.py``,
-``data/convert_coco.py`` (AI-TOD, TinyPerson), ``data/convert_xview.py``.
+first, once (within the limits of ``utils/archives.py``). DST receives ``images/{split}``, ``labels/{split}``
+(labels, ignore areas, flags; see ``data/convert_common.py``) and the marker ``DST/convert.json``, moved in LAST: it
+records the converter, its version, the source folder, the options (defaults filled in) and the counts. A later call
+with the same parameters does nothing; any difference, or no marker (e.g. an interrupted conversion), converts again
+from scratch (the split folders under DST/images and DST/labels are replaced, and those the old marker lists).
+
+Validate, then write: every input (options, annotation files, image headers) is read and checked before anything
+is written; the output is built in a temporary folder beside DST and swapped in at the end, under DST's lock
+(``data/staging.py``), so a failure leaves the previous output as it was and a second conversion into the same DST
+stops with one line. Split names must be plain folder names and source paths relative to SRC without '..'
+(``utils/safe_paths.py``): options come from data YAMLs, which are untrusted. Per-dataset rules:
+``data/convert_visdrone.py``, ``data/convert_coco.py`` (AI-TOD, TinyPerson), ``data/convert_xview.py``.
 
 Errors in the input (missing annotation file, an annotation naming a missing image, a corrupt archive, malformed
-rows, unknown options) raise ``DatasetError`` with one line naming the file; the CLI prints it and exits with 1.
+rows or fields, unknown options) raise ``DatasetError`` with one line naming the file; the CLI prints it and exits
+with 1.
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ from typing import Any
 import yaml
 
 from data import convert_coco, convert_visdrone, convert_xview
-from data.convert_common import DROP_REASONS, Converter, Counts, Output, extract_archives
-from utils.atomic import atomic_write_json
+from data.convert_common import DROP_REASONS, Converter, check_plan, extract_archives, write_plan
+from data.staging import locked, staging, swap_in
+from utils.cli import one_line
 from utils.dataset_yaml import DatasetError
 from utils.ignore import IgnoreFileError
-from utils.safe_paths import UnsafePathError, plain_name, relative_path, remove_inside
+from utils.safe_paths import UnsafePathError, plain_name, relative_path
+from utils.train_utils import RunLockError
 
 MARKER = "convert.json"
 CONVERTERS: dict[str, Converter] = {c.name: c for c in (convert_visdrone.CONVERTER, convert_coco.AITOD,
@@ -131,6 +140,15 @@ def is_converted(name: str, src: str | Path, dst: str | Path, options: dict[str,
     return m is not None and {k: m.get(k) for k in params} == params
 
 
+def _check_text(src: Path, dst: Path) -> None:
+    for what, p in (("source", src), ("output", dst)):
+        try:
+            str(p).encode("utf-8")
+        except UnicodeEncodeError:  # the marker records the source path as UTF-8 text
+            shown = str(p).encode("utf-8", "backslashreplace").decode()
+            raise DatasetError(f"{what} folder {shown}: its path has bytes that are not UTF-8; rename it") from None
+
+
 def _check_folders(src: Path, dst: Path) -> None:
     if not src.is_dir():
         raise DatasetError(f"source folder not found: {src}")
@@ -138,18 +156,25 @@ def _check_folders(src: Path, dst: Path) -> None:
         if src == dst or src == sub or sub in src.parents:
             raise DatasetError(f"source {src} lies inside the output {sub}, which a conversion replaces; "
                                "choose another DST")
+        if sub.is_symlink() or (sub.exists() and not sub.is_dir()):  # split folders are replaced inside it
+            raise DatasetError(f"{sub}: is a link or not a folder; a conversion replaces folders inside it, so it "
+                               "must be a plain folder of DST")
 
 
 def convert(name: str, src: str | Path, dst: str | Path, options: dict[str, Any] | None = None,
             force: bool = False) -> dict[str, Any]:
     """Convert the dataset in ``src`` with converter ``name`` into ``dst`` unless already done (see module doc).
 
-    Returns the marker: ``converter``, ``version``, ``source``, ``options``, ``names``, ``counts``, ``seconds``.
-    Raises DatasetError (one line naming the file) for bad input; nothing is marked converted then.
+    Every input is read and checked first; the output is written into a temporary folder beside ``dst`` and
+    swapped in at the end under ``dst``'s lock (``data/staging.py``), so on any failure the previous output of
+    ``dst`` is left as it was. Returns the marker: ``converter``, ``version``, ``source``, ``options``, ``names``,
+    ``counts``, ``seconds``. Raises DatasetError (one line naming the file) for bad input, RunLockError when
+    another process writes ``dst``.
     """
     conv = get_converter(name)
     opts = resolve_options(conv, options)
     src, dst = Path(src).resolve(), Path(dst).resolve()
+    _check_text(src, dst)
     params = _params(conv, src, opts)
     old = read_marker(dst)
     if not force and old is not None and {k: old.get(k) for k in params} == params:
@@ -158,17 +183,17 @@ def convert(name: str, src: str | Path, dst: str | Path, options: dict[str, Any]
     _check_folders(src, dst)
     t0 = time.time()
     extract_archives(src)
-    plan = conv.locate(src, opts)  # reads and checks every input before anything is removed
-    remove_inside(dst / MARKER, dst)
-    old_splits = list(old["counts"]["per_split"]) if old else []  # plain names (read_marker checked them)
-    for split in dict.fromkeys(conv.splits(opts) + old_splits):
-        for p in (dst / "images" / split, dst / "labels" / split, dst / "labels" / f"{split}.cache"):
-            remove_inside(p, dst)  # resolved and checked right before the delete: never outside DST
-    dst.mkdir(parents=True, exist_ok=True)
-    counts = Counts()
-    conv.run(plan, Output(dst, counts, conv.flag_columns), opts)
-    marker = {**params, "names": conv.names(opts), "counts": counts.as_dict(), "seconds": round(time.time() - t0, 1)}
-    atomic_write_json(dst / MARKER, marker)  # written last: an interrupted conversion has no marker
+    plan = conv.read(src, opts)  # reads and checks every input; nothing is written to DST before this returned
+    check_plan(plan)
+    with locked(dst, "conversion"), staging(dst) as tmp:
+        old = read_marker(dst)  # again, under the lock: the splits it lists are replaced too
+        counts = write_plan(plan, tmp, conv.flag_columns, desc=name)
+        marker = {**params, "names": conv.names(opts), "counts": counts.as_dict(),
+                  "seconds": round(time.time() - t0, 1)}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")  # ASCII: \u escapes
+        splits = dict.fromkeys(conv.splits(opts) + (list(old["counts"]["per_split"]) if old else []))
+        parts = [f"{kind}/{s}" for s in splits for kind in ("images", "labels")] + [f"labels/{s}.cache" for s in splits]
+        swap_in(tmp, dst, parts, MARKER)
     print(summary(marker, dst))
     return marker
 
@@ -200,8 +225,8 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
             raise DatasetError(f"--set expects KEY=VALUE, got {item!r}")
         try:
             out[key] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise DatasetError(f"--set {key}: value is not valid YAML ({e})") from None
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as e:  # e.g. 2001-13-45
+            raise DatasetError(f"--set {key}: value is not valid YAML ({one_line(e)})") from None
     return out
 
 
@@ -215,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         convert(a.dataset, a.src, a.dst, _parse_set(a.set), force=a.force)
-    except (DatasetError, IgnoreFileError, UnsafePathError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DatasetError, IgnoreFileError, UnsafePathError, RunLockError, OSError) as e:
+        print(f"error: {one_line(e)}".encode("utf-8", "backslashreplace").decode(), file=sys.stderr)
         return 1
     return 0
 
