@@ -46,26 +46,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from data.staging import locked, staging, swap_in
+from data.tile_checks import MARKER, PARTIAL, SPLITS, check_ours, check_out_dir, read_inputs
 from utils.cli import one_line
 from utils.dataset_yaml import DatasetError, check_dataset
-from utils.ignore import IgnoreFileError, format_ignore, ignore_file_for, load_ignore
-from utils.labels import LabelError, cache_key, img2label_paths, parse_label_file
+from utils.ignore import format_ignore, ignore_file_for
+from utils.labels import LabelError, cache_key, img2label_paths
 from utils.safe_paths import remove_inside
 from utils.slicing import make_tiles
 from utils.sources import DatasetNotFoundError, imread, list_image_files
 from utils.train_utils import LOCK_NAME
 
 VERSION = 1  # bump when the tiling rules or the output layout change, so old tile folders are redone
-MARKER, PARTIAL, DATA_YAML = "tile.json", ".tile-incomplete", "data.yaml"
+DATA_YAML = "data.yaml"
 VIS_TOL = 1e-6  # float32 label files: a fraction within this below min_visible still counts as reaching it
 MIN_SIDE = 1e-5  # a clipped side under this share of the tile is no overlap (it would be written as a 0-size row)
 JPEG_QUALITY = 95
 JPEG_SUFFIXES = {".jpg": ".jpg", ".jpeg": ".jpeg", ".mpo": ".jpg"}
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -218,28 +217,6 @@ def _encode(im: np.ndarray, suffix: str, name: str) -> bytes:
     return buf.tobytes()
 
 
-def read_inputs(im_file: str, nc: int) -> tuple[np.ndarray, np.ndarray]:
-    """Check one source image (its header: readable, not a decompression bomb) and read its labels and ignore areas
-    before anything is written: ((n, 5) labels ``[cls, x, y, w, h]`` normalised, (m, 4) areas normalised).
-
-    Raises LabelError/IgnoreFileError naming the file.
-    """
-    try:
-        with Image.open(im_file) as im:
-            im.size  # noqa: B018 - reading the header is the check
-    except Image.DecompressionBombError as e:
-        raise LabelError(f"{im_file}: image too large ({e})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise LabelError(f"{im_file}: cannot read the image (missing, unreadable or not an image: {e})") from None
-    lb_file = img2label_paths([im_file])[0]
-    labels = parse_label_file(lb_file, nc)[0] if os.path.isfile(lb_file) else np.zeros((0, 5), np.float32)
-    try:
-        areas = load_ignore(ignore_file_for(lb_file))
-    except UnicodeDecodeError:
-        raise IgnoreFileError(f"{ignore_file_for(lb_file)}: not a UTF-8 text file") from None
-    return labels, areas
-
-
 def tile_image(im_file: str, rel: Path, out_images: Path, p: TileParams, labels: np.ndarray,
                areas: np.ndarray) -> TileCounts:
     """Tile one image (``rel``: its path relative to the split's folder) with its ``labels`` (n, 5) and ignore
@@ -295,38 +272,6 @@ def _fingerprint(files_by_split: dict[str, list[str]], nc: int) -> str:
     return cache_key(ims, lbs + [str(ignore_file_for(f)) for f in lbs], nc)
 
 
-def _split_folders(data: dict, files: dict[str, list[str]]) -> dict[Path, str]:
-    """Resolved folder -> split, for the image and label folders of every split of the source dataset: the folders
-    its sources name, the folders holding its images, and their ``labels`` twins (``img2label_paths``)."""
-    out: dict[Path, str] = {}
-    for split in SPLITS:
-        src = data.get(split)
-        if not src:
-            continue
-        try:
-            listed = files.get(split) or list_image_files(src)
-        except DatasetNotFoundError:  # an untiled split that does not exist holds no tiles either
-            listed = []
-        folders = {Path(f).parent for f in listed}
-        folders |= {Path(x) for x in (src if isinstance(src, list) else [src]) if os.path.isdir(x)}
-        for f in folders:
-            out.setdefault(f.resolve(), split)
-            out.setdefault(Path(img2label_paths([str(f / "x.jpg")])[0]).parent.resolve(), split)
-    return out
-
-
-def check_out_dir(out: Path, data: dict, files: dict[str, list[str]]) -> None:
-    """Refuse an ``out`` (resolved) inside a split folder of the source dataset (its images would be listed as
-    that split's: tiles of train leaking into val) or holding one (emptying ``out`` would delete sources)."""
-    for folder, split in _split_folders(data, files).items():
-        if out == folder or folder in out.parents:
-            raise DatasetError(f"--out {out}: lies inside the {split} split folder {folder} of the source dataset "
-                               f"(the {split} split would list the tiles); choose a folder outside images/ and labels/")
-        if out in folder.parents:
-            raise DatasetError(f"--out {out}: holds the {split} split folder {folder} of the source dataset; "
-                               "choose a separate folder")
-
-
 def _read_marker(path: Path) -> dict | None:
     """The marker's content, None when absent or not a marker (unreadable, not a JSON mapping)."""
     try:
@@ -349,19 +294,6 @@ def _old_report(old: dict | None, marker: dict) -> TileReport | None:
         report.total.add(c)
     report.up_to_date = True
     return report
-
-
-def check_ours(out: Path, old: dict | None) -> None:
-    """Refuse (DatasetError, nothing deleted) an ``out`` that is not a folder, or that is not empty and was not
-    written by data.tile (no marker, no ``.tile-incomplete``; a leftover lock file does not count)."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise DatasetError(f"--out {out}: exists and is not a folder")
-    ours = (old is not None and "params" in old) or (out / PARTIAL).is_file()
-    if not ours and any(c.name != LOCK_NAME for c in out.iterdir()):
-        raise DatasetError(f"--out {out}: folder exists, is not empty and was not written by data.tile "
-                           f"(no {MARKER}); choose another folder or empty it yourself")
 
 
 def _data_yaml(data: dict, out: Path, splits: tuple[str, ...]) -> str:
