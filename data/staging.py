@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,9 +58,11 @@ def staging(dst: Path) -> Iterator[Path]:
     """A fresh, empty temporary folder on ``dst``'s file system (module docstring), removed at exit. Call with
     ``dst``'s lock held."""
     prefix = f".{dst.name}{STAGING_TAG}"
+    ours = re.compile(re.escape(prefix) + r"\d+-[0-9a-f]{6}")  # exactly: another output's temporaries never match
     for base in (dst.parent, dst):
-        for old in base.glob(prefix + "*"):  # left by a killed command: stale, since we hold the lock
-            remove_inside(old, base)
+        for old in base.iterdir():  # left by a killed command: stale, since we hold the lock
+            if ours.fullmatch(old.name):
+                remove_inside(old, base)
     tmp = None
     for base in (dst.parent, dst):
         if not _same_device(base, dst):

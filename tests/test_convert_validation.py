@@ -224,3 +224,26 @@ def test_second_tiling_into_one_out_gets_one_line(tmp_path, capsys, live_pid):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "another data.tile" in err and f"pid {live_pid}" in err
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
+
+
+def test_stale_temporaries_removed_others_kept(tmp_path, capsys):
+    src, dst = make_visdrone(tmp_path / "src"), tmp_path / "dst"
+    stale = tmp_path / ".dst.staging-12345-abcdef"  # left by a killed conversion into dst
+    (stale / "images").mkdir(parents=True)
+    others = [tmp_path / ".dst.staging-b.staging-1-abcdef", tmp_path / ".dst.staging-notours"]
+    for o in others:
+        o.mkdir()
+    assert run_convert(capsys, "visdrone", src, dst)[0] == 0
+    assert not stale.exists() and all(o.is_dir() for o in others)
+
+
+def test_output_split_parent_that_is_a_link_is_refused(tmp_path, capsys):
+    src, dst = make_visdrone(tmp_path / "src"), tmp_path / "dst"
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "train").mkdir(parents=True)
+    (elsewhere / "train" / "keep.txt").write_text("precious")
+    dst.mkdir()
+    (dst / "images").symlink_to(elsewhere, target_is_directory=True)
+    rc, err = run_convert(capsys, "visdrone", src, dst)
+    assert rc == 1 and "is a link or not a folder" in err
+    assert (elsewhere / "train" / "keep.txt").read_text() == "precious" and len(list(elsewhere.rglob("*"))) == 2
