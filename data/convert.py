@@ -5,15 +5,22 @@ CLI: ``python -m data.convert {visdrone,aitod,tinyperson,xview} SRC DST [--set K
 ``download: {urls: [...], converter: NAME, options: {...}}`` (``utils/dataset_yaml.py``).
 
 SRC is a folder holding the original files; archives (.zip, .tar, .tgz) lying directly in it are extracted there
-first, once. DST receives ``images/{split}``, ``labels/{split}`` (labels, ignore areas, flags; see
-``data/convert_common.py``) and the marker ``DST/convert.json``, written LAST: it records the converter, its version,
-the source folder, the options (defaults filled in) and the counts. A later call with the same parameters does
-nothing; any difference, or no marker (e.g. an interrupted conversion), converts again from scratch (the split
-folders under DST/images and DST/labels are replaced). Per-dataset rules: ``data/convert_visdrone.py``,
-``data/convert_coco.py`` (AI-TOD, TinyPerson), ``data/convert_xview.py``.
+first, once (within the limits of ``utils/archives.py``). DST receives ``images/{split}``, ``labels/{split}``
+(labels, ignore areas, flags; see ``data/convert_common.py``) and the marker ``DST/convert.json``, moved in LAST: it
+records the converter, its version, the source folder, the options (defaults filled in) and the counts. A later call
+with the same parameters does nothing; any difference, or no marker (e.g. an interrupted conversion), converts again
+from scratch (the split folders under DST/images and DST/labels are replaced, and those the old marker lists).
+
+Validate, then write: every input (options, annotation files, image headers) is read and checked before anything
+is written; the output is built in a temporary folder beside DST and swapped in at the end, under DST's lock
+(``data/staging.py``), so a failure leaves the previous output as it was and a second conversion into the same DST
+stops with one line. Split names must be plain folder names and source paths relative to SRC without '..'
+(``utils/safe_paths.py``): options come from data YAMLs, which are untrusted. Per-dataset rules:
+``data/convert_visdrone.py``, ``data/convert_coco.py`` (AI-TOD, TinyPerson), ``data/convert_xview.py``.
 
 Errors in the input (missing annotation file, an annotation naming a missing image, a corrupt archive, malformed
-rows, unknown options) raise ``DatasetError`` with one line naming the file; the CLI prints it and exits with 1.
+rows or fields, unknown options) raise ``DatasetError`` with one line naming the file; the CLI prints it and exits
+with 1.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,10 +36,11 @@ from typing import Any
 import yaml
 
 from data import convert_coco, convert_visdrone, convert_xview
-from data.convert_common import DROP_REASONS, Converter, Counts, Output, extract_archives
-from utils.atomic import atomic_write_json
-from utils.dataset.ignore import IgnoreFileError
-from utils.errors import DatasetError
+from data.convert_common import DROP_REASONS, Converter, check_plan, extract_archives, write_plan
+from data.staging import locked, staging, swap_in
+from utils.cli import one_line
+from utils.errors import DatasetError, UserError
+from utils.safe_paths import UnsafePathError, plain_name, relative_path
 
 MARKER = "convert.json"
 CONVERTERS: dict[str, Converter] = {c.name: c for c in (convert_visdrone.CONVERTER, convert_coco.AITOD,
@@ -57,15 +64,37 @@ def _type_ok(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
+def _check_paths(value: Any, where: str) -> None:
+    """Every string in ``value`` (nested mappings and lists) is a path relative to SRC that stays inside it."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_paths(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for v in value:
+            _check_paths(v, where)
+    else:
+        relative_path(value, where)
+
+
 def resolve_options(conv: Converter, options: dict[str, Any] | None) -> dict[str, Any]:
-    """``options`` over ``conv``'s defaults; an unknown key or a value of the wrong type raises DatasetError."""
+    """``options`` over ``conv``'s defaults; an unknown key, a value of the wrong type, a split name that is not a
+    plain folder name or a source path that is absolute or leaves SRC with '..' raises DatasetError."""
     opts = copy.deepcopy(conv.defaults)
+    if not isinstance(options, dict | None):
+        raise DatasetError(f"{conv.name}: options must be a mapping, got {options!r}")
     for k, v in (options or {}).items():
         if k not in opts:
-            raise DatasetError(f"{conv.name}: unknown option {k!r}; options are {', '.join(opts)}")
+            raise DatasetError(f"{conv.name}: unknown option {k!r}; options are {', '.join(map(str, opts))}")
         if not _type_ok(v, opts[k]):
             raise DatasetError(f"{conv.name}: option {k!r} must be like {opts[k]!r}, got {v!r}")
         opts[k] = v
+    try:  # split names become folders under DST (removed when converting again): plain names only
+        for split in conv.splits(opts):
+            plain_name(split, f"{conv.name}: split name")
+        for k in conv.path_options:
+            _check_paths(opts[k], f"{conv.name}: option {k}")
+    except UnsafePathError as e:
+        raise DatasetError(str(e)) from None
     return opts
 
 
@@ -76,12 +105,29 @@ def _params(conv: Converter, src: Path, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_marker(dst: str | Path) -> dict[str, Any] | None:
-    """The marker of a finished conversion in ``dst``, or None (absent or unreadable)."""
+    """The marker of a finished conversion in ``dst``, or None (absent or unreadable).
+
+    Raises DatasetError naming the marker when it is JSON but not one this module writes: its split names (which
+    decide what a new conversion removes) must be plain folder names and its class names a list of strings.
+    """
+    f = Path(dst) / MARKER
     try:
-        m = json.loads((Path(dst) / MARKER).read_text(encoding="utf-8"))
+        m = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return m if isinstance(m, dict) else None
+    if not isinstance(m, dict):
+        return None
+    counts, names = m.get("counts"), m.get("names")
+    per_split = counts.get("per_split") if isinstance(counts, dict) else None
+    if not isinstance(per_split, dict) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DatasetError(f"{f}: not a marker written by data.convert (no counts.per_split mapping or names list); "
+                           "delete it to convert again")
+    try:
+        for split in per_split:
+            plain_name(split, "split name")
+    except UnsafePathError as e:
+        raise DatasetError(f"{f}: {e}; this marker was not written by data.convert, delete it") from None
+    return m
 
 
 def is_converted(name: str, src: str | Path, dst: str | Path, options: dict[str, Any] | None = None) -> bool:
@@ -92,6 +138,15 @@ def is_converted(name: str, src: str | Path, dst: str | Path, options: dict[str,
     return m is not None and {k: m.get(k) for k in params} == params
 
 
+def _check_text(src: Path, dst: Path) -> None:
+    for what, p in (("source", src), ("output", dst)):
+        try:
+            str(p).encode("utf-8")
+        except UnicodeEncodeError:  # the marker records the source path as UTF-8 text
+            shown = str(p).encode("utf-8", "backslashreplace").decode()
+            raise DatasetError(f"{what} folder {shown}: its path has bytes that are not UTF-8; rename it") from None
+
+
 def _check_folders(src: Path, dst: Path) -> None:
     if not src.is_dir():
         raise DatasetError(f"source folder not found: {src}")
@@ -99,18 +154,25 @@ def _check_folders(src: Path, dst: Path) -> None:
         if src == dst or src == sub or sub in src.parents:
             raise DatasetError(f"source {src} lies inside the output {sub}, which a conversion replaces; "
                                "choose another DST")
+        if sub.is_symlink() or (sub.exists() and not sub.is_dir()):  # split folders are replaced inside it
+            raise DatasetError(f"{sub}: is a link or not a folder; a conversion replaces folders inside it, so it "
+                               "must be a plain folder of DST")
 
 
 def convert(name: str, src: str | Path, dst: str | Path, options: dict[str, Any] | None = None,
             force: bool = False) -> dict[str, Any]:
     """Convert the dataset in ``src`` with converter ``name`` into ``dst`` unless already done (see module doc).
 
-    Returns the marker: ``converter``, ``version``, ``source``, ``options``, ``names``, ``counts``, ``seconds``.
-    Raises DatasetError (one line naming the file) for bad input; nothing is marked converted then.
+    Every input is read and checked first; the output is written into a temporary folder beside ``dst`` and
+    swapped in at the end under ``dst``'s lock (``data/staging.py``), so on any failure the previous output of
+    ``dst`` is left as it was. Returns the marker: ``converter``, ``version``, ``source``, ``options``, ``names``,
+    ``counts``, ``seconds``. Raises DatasetError (one line naming the file) for bad input, RunLockError when
+    another process writes ``dst``.
     """
     conv = get_converter(name)
     opts = resolve_options(conv, options)
     src, dst = Path(src).resolve(), Path(dst).resolve()
+    _check_text(src, dst)
     params = _params(conv, src, opts)
     old = read_marker(dst)
     if not force and old is not None and {k: old.get(k) for k in params} == params:
@@ -119,18 +181,17 @@ def convert(name: str, src: str | Path, dst: str | Path, options: dict[str, Any]
     _check_folders(src, dst)
     t0 = time.time()
     extract_archives(src)
-    plan = conv.locate(src, opts)  # reads and checks every input before anything is removed
-    (dst / MARKER).unlink(missing_ok=True)
-    old_splits = list((old or {}).get("counts", {}).get("per_split", {}))
-    for split in dict.fromkeys(conv.splits(opts) + old_splits):
-        shutil.rmtree(dst / "images" / split, ignore_errors=True)
-        shutil.rmtree(dst / "labels" / split, ignore_errors=True)
-        (dst / "labels" / f"{split}.cache").unlink(missing_ok=True)
-    dst.mkdir(parents=True, exist_ok=True)
-    counts = Counts()
-    conv.run(plan, Output(dst, counts, conv.flag_columns), opts)
-    marker = {**params, "names": conv.names(opts), "counts": counts.as_dict(), "seconds": round(time.time() - t0, 1)}
-    atomic_write_json(dst / MARKER, marker)  # written last: an interrupted conversion has no marker
+    plan = conv.read(src, opts)  # reads and checks every input; nothing is written to DST before this returned
+    check_plan(plan)
+    with locked(dst, "conversion"), staging(dst) as tmp:
+        old = read_marker(dst)  # again, under the lock: the splits it lists are replaced too
+        counts = write_plan(plan, tmp, conv.flag_columns, desc=name)
+        marker = {**params, "names": conv.names(opts), "counts": counts.as_dict(),
+                  "seconds": round(time.time() - t0, 1)}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")  # ASCII: \u escapes
+        splits = dict.fromkeys(conv.splits(opts) + (list(old["counts"]["per_split"]) if old else []))
+        parts = [f"{kind}/{s}" for s in splits for kind in ("images", "labels")] + [f"labels/{s}.cache" for s in splits]
+        swap_in(tmp, dst, parts, MARKER)
     print(summary(marker, dst))
     return marker
 
@@ -162,8 +223,8 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
             raise DatasetError(f"--set expects KEY=VALUE, got {item!r}")
         try:
             out[key] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise DatasetError(f"--set {key}: value is not valid YAML ({e})") from None
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as e:  # e.g. 2001-13-45
+            raise DatasetError(f"--set {key}: value is not valid YAML ({one_line(e)})") from None
     return out
 
 
@@ -177,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         convert(a.dataset, a.src, a.dst, _parse_set(a.set), force=a.force)
-    except (DatasetError, IgnoreFileError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, OSError) as e:
+        print(f"error: {one_line(e)}".encode("utf-8", "backslashreplace").decode(), file=sys.stderr)
         return 1
     return 0
 

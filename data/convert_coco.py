@@ -5,7 +5,10 @@ Common rules: an annotation's ``bbox`` is ``[x, y, w, h]`` in original pixels (t
 ``iscrowd`` or ``ignore`` true become ignore areas (``NAME.ignore.txt``) whatever their category; other annotations
 of a category the dataset does not define, or of a ``category_id`` missing from ``categories``, are dropped and
 counted as unknown class ids. Images listed in ``images`` without any annotation get an empty label file. An image
-entry whose file is missing, or an annotation naming an image id absent from ``images``, is an error naming it.
+entry whose file is missing, two image entries with the same ``id`` or ``file_name``, or an annotation naming an
+image id absent from ``images`` is an error naming it. Every field read is type-checked (an error names the entry):
+entries are objects, ids integers or strings, ``file_name`` a relative path, ``bbox`` a list of 4 finite numbers,
+``category_id`` an integer, ``iscrowd``/``ignore``/``uncertain`` a boolean or 0/1.
 Option ``splits``: output split -> ``{annotations: JSON path or list of candidates (first existing wins), images:
 folder the JSON's file_name is relative to}``, both relative to SRC.
 
@@ -24,13 +27,23 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from data.convert_common import Converter, Output, first_existing, image_size, safe_relpath
+from data.convert_common import (
+    Converter,
+    Item,
+    Plan,
+    first_existing,
+    image_size,
+    number,
+    read_text,
+    safe_relpath,
+    whole,
+)
 from utils.errors import DatasetError
 
 AITOD_NAMES = ("airplane", "bridge", "storage-tank", "ship", "swimming-pool", "vehicle", "person", "wind-mill")
@@ -46,37 +59,63 @@ TINYPERSON_DEFAULTS: dict[str, Any] = {
 
 
 def load_json(path: Path) -> dict[str, Any]:
-    """A COCO-style annotation file with 'images', 'annotations' and 'categories' lists."""
+    """A COCO-style annotation file: an object with 'images' and 'annotations' lists (and a 'categories' list,
+    empty when absent). DatasetError naming the file otherwise."""
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        d = json.loads(read_text(path))
     except FileNotFoundError:
         raise DatasetError(f"missing annotation file {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not a valid JSON annotation file ({e})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, digits over Python's limit, absurd nesting
+        raise DatasetError(f"{path}: not a valid JSON annotation file ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict) or not all(isinstance(d.get(k), list) for k in ("images", "annotations")):
         raise DatasetError(f"{path}: expected a COCO-style JSON object with 'images' and 'annotations' lists")
     d.setdefault("categories", [])
+    if not isinstance(d["categories"], list):
+        raise DatasetError(f"{path}: 'categories' must be a list, got {type(d['categories']).__name__}")
     return d
 
 
 def _norm(name: str) -> str:
-    return str(name).strip().lower().replace("_", "-").replace(" ", "-")
+    return name.strip().lower().replace("_", "-").replace(" ", "-")
 
 
-def _category_names(cats: list[dict], ann_file: Path) -> dict[int, str]:
-    try:
-        return {int(c["id"]): _norm(c.get("name", "")) for c in cats}
-    except (TypeError, ValueError, KeyError, AttributeError):
-        raise DatasetError(f"{ann_file}: every entry of 'categories' needs an integer 'id' and a 'name'") from None
+def _entry(x: Any, where: str) -> dict:
+    if not isinstance(x, dict):
+        raise DatasetError(f"{where}: expected an object, got {type(x).__name__} {str(x)[:60]!r}")
+    return x
 
 
-def aitod_classes(cats: list[dict], opts: dict[str, Any], ann_file: Path) -> dict[int, int]:
+def _image_id(v: Any, where: str) -> int | str:
+    if isinstance(v, bool) or not isinstance(v, int | str):
+        raise DatasetError(f"{where}: expected an integer or string image id, got {v!r}")
+    return v
+
+
+def _flag(a: dict, key: str, where: str) -> bool:
+    v = a.get(key, False)
+    if v is None or isinstance(v, bool) or (isinstance(v, int) and v in (0, 1)):
+        return bool(v)
+    raise DatasetError(f"{where}: '{key}' must be true/false or 0/1, got {v!r}")
+
+
+def _category_names(cats: list, ann_file: Path) -> dict[int, str]:
+    out = {}
+    for i, c in enumerate(cats):
+        where = f"{ann_file}: categories[{i}]"
+        c = _entry(c, where)
+        if not isinstance(c.get("name"), str):
+            raise DatasetError(f"{where}: 'name' must be a string, got {c.get('name')!r}")
+        out[whole(c.get("id"), f"{where}: 'id'")] = _norm(c["name"])
+    return out
+
+
+def aitod_classes(cats: list, opts: dict[str, Any], ann_file: Path) -> dict[int, int]:
     """AI-TOD category id -> class index by name; categories of other names are left out (unknown)."""
     index = {n: i for i, n in enumerate(AITOD_NAMES)} | {"windmill": 7, "storagetank": 2, "swimmingpool": 4}
     return {i: index[n] for i, n in _category_names(cats, ann_file).items() if n in index}
 
 
-def tinyperson_classes(cats: list[dict], opts: dict[str, Any], ann_file: Path) -> dict[int, int]:
+def tinyperson_classes(cats: list, opts: dict[str, Any], ann_file: Path) -> dict[int, int]:
     """TinyPerson category id -> class index: all persons 0 when merging, else sea 0 / earth 1."""
     names = _category_names(cats, ann_file)
     if opts["merge_persons"]:
@@ -88,8 +127,37 @@ def tinyperson_classes(cats: list[dict], opts: dict[str, Any], ann_file: Path) -
     return out
 
 
-def _locate(src: Path, opts: dict[str, Any], classes_fn, dataset: str) -> list[dict[str, Any]]:
-    plan = []
+def _bbox(a: dict, where: str) -> list[float]:
+    b = a.get("bbox")
+    if not isinstance(b, list) or len(b) != 4:
+        raise DatasetError(f"{where}: 'bbox' must be a list [x, y, w, h], got {b!r}")
+    x, y, w, h = (number(v, f"{where}: 'bbox'") for v in b)
+    return [x, y, x + w, y + h]
+
+
+def _images(d: dict, ann_file: Path, img_root: Path) -> dict[int | str, str]:
+    """Image id -> relative file name, every entry checked (types, duplicates, the file exists)."""
+    images: dict[int | str, str] = {}
+    ids_of: dict[str, int | str] = {}  # file name -> image id: each image is listed once
+    for i, im in enumerate(d["images"]):
+        where = f"{ann_file}: images[{i}]"
+        im = _entry(im, where)
+        iid = _image_id(im.get("id"), f"{where}: 'id'")
+        rel = safe_relpath(im.get("file_name"), f"{ann_file}: image id {iid!r}")
+        if iid in images:  # its annotations could not tell the two images apart
+            raise DatasetError(f"{ann_file}: duplicate image id {iid!r} in 'images' ({images[iid]} and {rel})")
+        if rel in ids_of:  # one label file would be written twice: the first image's labels lost
+            raise DatasetError(f"{ann_file}: duplicate file_name {rel!r} in 'images' (image ids "
+                               f"{ids_of[rel]!r} and {iid!r})")
+        if not (img_root / rel).is_file():
+            raise DatasetError(f"{ann_file}: image {img_root / rel} does not exist")
+        images[iid], ids_of[rel] = rel, iid
+    return images
+
+
+def _read(src: Path, opts: dict[str, Any], classes_fn: Callable, dataset: str, flag_keys: tuple[str, ...]) -> Plan:
+    """Read and check every split's annotation file and image headers; the plan of the output."""
+    plan = Plan()
     for split, spec in opts["splits"].items():
         if not isinstance(spec, dict) or not {"annotations", "images"} <= set(spec):
             raise DatasetError(f"{dataset}: option splits.{split} must be a mapping with 'annotations' and 'images'")
@@ -97,58 +165,38 @@ def _locate(src: Path, opts: dict[str, Any], classes_fn, dataset: str) -> list[d
         img_root = src / str(spec["images"])
         d = load_json(ann_file)
         classes = classes_fn(d["categories"], opts, ann_file)
-        images = {}
-        for im in d["images"]:
-            rel = safe_relpath(im.get("file_name", ""), f"{ann_file}: image id {im.get('id')}")
-            if not (img_root / rel).is_file():
-                raise DatasetError(f"{ann_file}: image {img_root / rel} does not exist")
-            images[im.get("id")] = rel
-        anns = defaultdict(list)
-        for a in d["annotations"]:
-            if a.get("image_id") not in images:
-                raise DatasetError(f"{ann_file}: annotation {a.get('id')} names image id {a.get('image_id')!r}, "
-                                   "which is not in 'images'")
-            anns[a["image_id"]].append(a)
-        plan.append({"split": split, "ann_file": ann_file, "img_root": img_root, "images": images, "anns": anns,
-                     "classes": classes})
-    return plan
-
-
-def _bbox(a: dict, ann_file: Path) -> list[float]:
-    b = a.get("bbox")
-    try:
-        x, y, w, h = (float(v) for v in b)
-    except (TypeError, ValueError):
-        raise DatasetError(f"{ann_file}: annotation {a.get('id')}: 'bbox' must be [x, y, w, h], got {b!r}") from None
-    return [x, y, x + w, y + h]
-
-
-def _cat_id(a: dict) -> int | None:
-    try:
-        return int(a.get("category_id"))
-    except (TypeError, ValueError):
-        return None
-
-
-def _run(plan: list[dict[str, Any]], out: Output, flag_keys: tuple[str, ...], dataset: str) -> None:
-    for p in plan:
-        classes, ann_file = p["classes"], p["ann_file"]
-        for image_id, rel in tqdm(p["images"].items(), desc=f"{dataset} {p['split']}", unit="img"):
+        images = _images(d, ann_file, img_root)
+        anns: dict[int | str, list[tuple[list[float], bool, int | None, list[int]]]] = defaultdict(list)
+        for j, a in enumerate(d["annotations"]):
+            where = f"{ann_file}: annotations[{j}]"
+            a = _entry(a, where)
+            where += f" (id {a.get('id')!r})"
+            iid = _image_id(a.get("image_id"), f"{where}: 'image_id'")
+            if iid not in images:
+                raise DatasetError(f"{ann_file}: annotation {a.get('id')} names image id {iid!r}, which is not in "
+                                   "'images'")
+            crowd = _flag(a, "iscrowd", where) | _flag(a, "ignore", where)
+            cat = None if crowd and a.get("category_id") is None else whole(a.get("category_id"),
+                                                                              f"{where}: 'category_id'")
+            anns[iid].append((_bbox(a, where), crowd, cat, [int(_flag(a, k, where)) for k in flag_keys]))
+        for iid, rel in images.items():
             boxes, cls, ignore, flags, unknown = [], [], [], [], []
-            for a in p["anns"].get(image_id, []):
-                if a.get("iscrowd") or a.get("ignore"):
-                    ignore.append(_bbox(a, ann_file))
-                elif _cat_id(a) in classes:
-                    boxes.append(_bbox(a, ann_file))
-                    cls.append(classes[_cat_id(a)])
-                    flags.append([int(bool(a.get(k))) for k in flag_keys])
+            for box, crowd, cat, fl in anns.get(iid, []):
+                if crowd:
+                    ignore.append(box)
+                elif cat in classes:
+                    boxes.append(box)
+                    cls.append(classes[cat])
+                    flags.append(fl)
                 else:
-                    unknown.append(a.get("category_id"))
-            out.drop_unknown(unknown)
-            flags_arr = np.array(flags, np.int64).reshape(len(boxes), len(flag_keys))
-            out.add(p["split"], p["img_root"] / rel, rel, np.array(boxes).reshape(-1, 4), np.array(cls, np.int64),
-                    ignore=np.array(ignore).reshape(-1, 4), flags=flags_arr,
-                    annotated=image_id in p["anns"], size=image_size(p["img_root"] / rel))
+                    unknown.append(cat)
+            plan.counts.drop_unknown(unknown)
+            plan.items.append(Item(split, img_root / rel, rel, image_size(img_root / rel),
+                                   np.array(boxes, np.float64).reshape(-1, 4), np.array(cls, np.int64),
+                                   ignore=np.array(ignore, np.float64).reshape(-1, 4),
+                                   flags=np.array(flags, np.int64).reshape(len(boxes), len(flag_keys)),
+                                   annotated=iid in anns))
+    return plan
 
 
 def _splits(opts: dict[str, Any]) -> list[str]:
@@ -161,12 +209,10 @@ def _tinyperson_root(src: Path) -> Path:
 
 AITOD = Converter(
     name="aitod", version=1, defaults=AITOD_DEFAULTS, names=lambda opts: list(AITOD_NAMES),
-    locate=lambda src, opts: _locate(src, opts, aitod_classes, "aitod"),
-    run=lambda plan, out, opts: _run(plan, out, (), "aitod"), splits=_splits)
+    read=lambda src, opts: _read(src, opts, aitod_classes, "aitod", ()), splits=_splits, path_options=("splits",))
 
 TINYPERSON = Converter(
     name="tinyperson", version=1, defaults=TINYPERSON_DEFAULTS,
     names=lambda opts: ["person"] if opts["merge_persons"] else ["sea person", "earth person"],
-    locate=lambda src, opts: _locate(_tinyperson_root(src), opts, tinyperson_classes, "tinyperson"),
-    run=lambda plan, out, opts: _run(plan, out, ("uncertain",), "tinyperson"), splits=_splits,
-    flag_columns=("uncertain",))
+    read=lambda src, opts: _read(_tinyperson_root(src), opts, tinyperson_classes, "tinyperson", ("uncertain",)),
+    splits=_splits, flag_columns=("uncertain",), path_options=("splits",))

@@ -10,20 +10,21 @@ top-left corner and size). Categories:
 - any other id: dropped and counted as an unknown class id.
 Truncation (0 none, 1 partial) and occlusion (0 none, 1 partial, 2 heavy) of the kept objects go to
 ``labels/{split}/NAME.flags.txt`` (header ``# truncation occlusion``, then one line per label row, same order).
-An image without an annotation file gets an empty label file; an annotation file without its image is an error.
+An image without an annotation file gets an empty label file; an annotation file without its image is an error,
+and so is a value that is not a finite integer under 2^31 in absolute value, or a file that is not UTF-8.
 
 Option ``splits``: output split -> source folder (default train/val/test from the train/val/test-dev folders).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from data.convert_common import Converter, Output, image_size
+from data.convert_common import Converter, Item, Plan, image_size, read_text
 from utils.dataset.labels import IMG_FORMATS
 from utils.errors import DatasetError
 
@@ -33,21 +34,26 @@ DEFAULTS: dict[str, Any] = {"splits": {"train": "VisDrone2019-DET-train", "val":
                                        "test": "VisDrone2019-DET-test-dev"}}
 
 
+MAX_VALUE = 2**31  # |value| bound of an annotation number: pixel coordinates and small codes, never near it
+
+
 def parse_annotation(path: Path) -> np.ndarray:
-    """One VisDrone annotation file -> (n, 8) int64 rows ``x y w h score category truncation occlusion``."""
+    """One VisDrone annotation file -> (n, 8) int64 rows ``x y w h score category truncation occlusion``.
+
+    Raises DatasetError naming the file and line for a row that is not 8 finite integers (|v| < 2^31)."""
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(read_text(path).splitlines(), 1):
         s = line.strip().rstrip(",")
         if not s:
             continue
         try:
-            v = [int(float(x)) for x in s.split(",")]
+            v = [float(x) for x in s.split(",")]
         except ValueError:
             v = []
-        if len(v) != 8:
+        if len(v) != 8 or not all(math.isfinite(x) and abs(x) < MAX_VALUE for x in v):
             raise DatasetError(f"{path}: line {i}: expected 8 comma-separated integers "
-                               f"'x,y,w,h,score,category,truncation,occlusion', got {line.strip()!r}")
-        rows.append(v)
+                               f"'x,y,w,h,score,category,truncation,occlusion' (|value| < 2^31), got {line.strip()!r}")
+        rows.append([int(x) for x in v])
     return np.array(rows, np.int64).reshape(-1, 8)
 
 
@@ -55,9 +61,10 @@ def _splits(opts: dict[str, Any]) -> list[str]:
     return list(opts["splits"])
 
 
-def locate(src: Path, opts: dict[str, Any]) -> list[tuple[str, Path, Path, list[Path]]]:
-    """Check the source: per split (split, images folder, annotations folder, sorted image files)."""
-    plan = []
+def read(src: Path, opts: dict[str, Any]) -> Plan:
+    """Read and check every split's images (headers) and annotation files; the plan of the output."""
+    plan = Plan()
+    c = plan.counts
     for split, folder in opts["splits"].items():
         img_dir, ann_dir = src / str(folder) / "images", src / str(folder) / "annotations"
         if not ann_dir.is_dir():
@@ -69,24 +76,19 @@ def locate(src: Path, opts: dict[str, Any]) -> list[tuple[str, Path, Path, list[
         for a in sorted(ann_dir.glob("*.txt")):
             if a.stem not in stems:
                 raise DatasetError(f"{a}: its image {img_dir / (a.stem + '.jpg')} does not exist")
-        plan.append((split, img_dir, ann_dir, images))
-    return plan
-
-
-def run(plan: list[tuple[str, Path, Path, list[Path]]], out: Output, opts: dict[str, Any]) -> None:
-    for split, _, ann_dir, images in plan:
-        for im in tqdm(images, desc=f"visdrone {split}", unit="img"):
+        for im in images:
             a = ann_dir / f"{im.stem}.txt"
             rows = parse_annotation(a) if a.is_file() else np.zeros((0, 8), np.int64)
             cat = rows[:, 5]
             xyxy = np.concatenate([rows[:, :2], rows[:, :2] + rows[:, 2:4]], 1).astype(np.float64)
             target = (cat >= 1) & (cat <= 10)
             unknown = ~target & (cat != IGNORED) & (cat != OTHERS)
-            out.counts.dropped["others"] += int((cat == OTHERS).sum())
-            out.drop_unknown(cat[unknown])
-            out.add(split, im, im.name, xyxy[target], cat[target] - 1, ignore=xyxy[cat == IGNORED],
-                    flags=rows[target][:, 6:8], annotated=a.is_file(), size=image_size(im))
+            c.dropped["others"] += int((cat == OTHERS).sum())
+            c.drop_unknown(cat[unknown])
+            plan.items.append(Item(split, im, im.name, image_size(im), xyxy[target], cat[target] - 1,
+                                   ignore=xyxy[cat == IGNORED], flags=rows[target][:, 6:8], annotated=a.is_file()))
+    return plan
 
 
-CONVERTER = Converter(name="visdrone", version=1, defaults=DEFAULTS, names=lambda opts: list(NAMES), locate=locate,
-                      run=run, splits=_splits, flag_columns=("truncation", "occlusion"))
+CONVERTER = Converter(name="visdrone", version=1, defaults=DEFAULTS, names=lambda opts: list(NAMES), read=read,
+                      splits=_splits, flag_columns=("truncation", "occlusion"), path_options=("splits",))

@@ -12,6 +12,9 @@ training goes through tiling, ``python -m data.tile --data xView.yaml ...``.
 
 The official train_images lacks 1395.tif although the GeoJSON has boxes for it: with ``skip_missing_images: true``
 (default) such boxes are dropped, counted and the image names printed; ``false`` makes them an error.
+A feature whose ``bounds_imcoords`` string is empty or not four finite numbers is dropped and counted ("no box"); a
+feature or ``properties`` that is not an object, an ``image_id`` that is not a relative path, a ``type_id`` that is
+not an integer or a ``bounds_imcoords`` that is not a string is an error naming the feature.
 """
 
 from __future__ import annotations
@@ -22,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from data.convert_common import Converter, Output, first_existing, image_size, safe_relpath
+from data.convert_common import Converter, Item, Plan, first_existing, image_size, read_text, safe_relpath, whole
 from utils.dataset.labels import IMG_FORMATS
 from utils.errors import DatasetError
 
@@ -45,19 +47,19 @@ DEFAULTS: dict[str, Any] = {"geojson": ["xView_train.geojson", "train_labels/xVi
                             "images": "train_images", "val_fraction": 0.1, "seed": 0, "skip_missing_images": True}
 
 
-def _features(path: Path) -> list[dict]:
+def _features(path: Path) -> list:
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not a valid GeoJSON file ({e})") from None
+        d = json.loads(read_text(path))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, digits over Python's limit, absurd nesting
+        raise DatasetError(f"{path}: not a valid GeoJSON file ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict) or not isinstance(d.get("features"), list):
         raise DatasetError(f"{path}: expected a GeoJSON FeatureCollection with a 'features' list")
     return d["features"]
 
 
-def _box(bounds: Any) -> list[float] | None:
+def _box(bounds: str) -> list[float] | None:
     try:
-        v = [float(x) for x in str(bounds).split(",")]
+        v = [float(x) for x in bounds.split(",")]
     except ValueError:
         return None
     return v if len(v) == 4 and all(np.isfinite(v)) else None
@@ -72,55 +74,62 @@ def split_names(names: list[str], val_fraction: float, seed: int) -> dict[str, s
     return {n: "val" if n in val else "train" for n in names}
 
 
-def locate(src: Path, opts: dict[str, Any]) -> dict[str, Any]:
-    if not 0 <= float(opts["val_fraction"]) < 1:
+def _feature(f: Any, i: int, geojson: Path) -> tuple[str, int, str]:
+    """(image name, type id, bounds string) of feature ``i``, every field type-checked."""
+    where = f"{geojson}: features[{i}]"
+    p = f.get("properties") if isinstance(f, dict) else None
+    if not isinstance(p, dict):
+        raise DatasetError(f"{where}: expected an object with a 'properties' object, got {str(f)[:80]!r}")
+    name = safe_relpath(p.get("image_id"), f"{where}: 'image_id'")
+    bounds = p.get("bounds_imcoords")
+    if not isinstance(bounds, str):
+        raise DatasetError(f"{where}: 'bounds_imcoords' must be a string 'x1,y1,x2,y2', got {bounds!r}")
+    return name, whole(p.get("type_id"), f"{where}: 'type_id'"), bounds
+
+
+def read(src: Path, opts: dict[str, Any]) -> Plan:
+    """Read and check the GeoJSON and the image headers; the plan of the output."""
+    if not 0 <= opts["val_fraction"] < 1:
         raise DatasetError(f"xview: option val_fraction must be in [0, 1), got {opts['val_fraction']}")
+    if isinstance(opts["seed"], float) or opts["seed"] < 0:
+        raise DatasetError(f"xview: option seed must be a whole number >= 0, got {opts['seed']}")
     geojson = first_existing(src, opts["geojson"], "xView annotation file")
     img_dir = src / str(opts["images"])
     if not img_dir.is_dir():
         raise DatasetError(f"missing xView image folder {img_dir}")
     images = sorted(p.name for p in img_dir.iterdir() if p.suffix[1:].lower() in IMG_FORMATS)
-    feats: dict[str, list[tuple[Any, list[float] | None]]] = defaultdict(list)
+    feats: dict[str, list[tuple[int, list[float] | None]]] = defaultdict(list)
     missing: set[str] = set()
-    for f in _features(geojson):
-        p = (f.get("properties") or {}) if isinstance(f, dict) else {}
-        name = safe_relpath(p.get("image_id", ""), f"{geojson}: feature {p.get('feature_id', '?')}")
+    for i, f in enumerate(_features(geojson)):
+        name, type_id, bounds = _feature(f, i, geojson)
         if not (img_dir / name).is_file():
             if not opts["skip_missing_images"]:
                 raise DatasetError(f"{geojson}: image {img_dir / name} does not exist")
             missing.add(name)
-        feats[name].append((p.get("type_id"), _box(p.get("bounds_imcoords"))))
-    return {"img_dir": img_dir, "images": images, "feats": feats, "missing": missing,
-            "split": split_names(images, float(opts["val_fraction"]), int(opts["seed"]))}
-
-
-def run(plan: dict[str, Any], out: Output, opts: dict[str, Any]) -> None:
-    c = out.counts
-    for name in sorted(plan["missing"]):
-        c.dropped["missing_image"] += len(plan["feats"][name])
+        feats[name].append((type_id, _box(bounds)))
+    plan = Plan()
+    c = plan.counts
+    for name in sorted(missing):
+        c.dropped["missing_image"] += len(feats[name])
         c.missing_images.append(name)
-    for name in tqdm(plan["images"], desc="xview", unit="img"):
+    split = split_names(images, opts["val_fraction"], opts["seed"])
+    for name in images:
         boxes, cls, unknown = [], [], []
-        for type_id, box in plan["feats"].get(name, []):
+        for type_id, box in feats.get(name, []):
             if box is None:
                 c.dropped["no_box"] += 1
-            elif _int(type_id) in CLASS_OF:
+            elif type_id in CLASS_OF:
                 boxes.append(box)
-                cls.append(CLASS_OF[_int(type_id)])
+                cls.append(CLASS_OF[type_id])
             else:
                 unknown.append(type_id)
-        out.drop_unknown(unknown)
-        im = plan["img_dir"] / name
-        out.add(plan["split"][name], im, name, np.array(boxes).reshape(-1, 4), np.array(cls, np.int64),
-                annotated=name in plan["feats"], size=image_size(im))
+        c.drop_unknown(unknown)
+        im = img_dir / name
+        plan.items.append(Item(split[name], im, name, image_size(im), np.array(boxes, np.float64).reshape(-1, 4),
+                               np.array(cls, np.int64), ignore=np.zeros((0, 4)), annotated=name in feats))
+    return plan
 
 
-def _int(v: Any) -> int | None:
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return None
-
-
-CONVERTER = Converter(name="xview", version=1, defaults=DEFAULTS, names=lambda opts: list(NAMES), locate=locate,
-                      run=run, splits=lambda opts: ["train", "val"] if opts["val_fraction"] > 0 else ["train"])
+CONVERTER = Converter(name="xview", version=1, defaults=DEFAULTS, names=lambda opts: list(NAMES), read=read,
+                      splits=lambda opts: ["train", "val"] if opts["val_fraction"] > 0 else ["train"],
+                      path_options=("geojson", "images"))

@@ -20,11 +20,11 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-import zipfile
 from pathlib import Path
 from typing import Any
 
 from data.convert import CONVERTERS, convert, is_converted, read_marker
+from utils.archives import ArchiveError, extract
 from utils.config.data_yaml import data_source, load_data_yaml, source_exists
 from utils.downloads import DownloadError, download_file
 from utils.errors import DatasetError
@@ -33,18 +33,18 @@ GENERATORS = {"synthetic": "data.synthetic", "synthetic-aerial": "data.synthetic
 
 
 def download_zip(url: str, dest: Path, timeout: float = 60) -> None:
-    """Download a zip from ``url`` and unzip it into the folder ``dest`` (atomic: a temp file first)."""
+    """Download a zip from ``url`` and unzip it into the folder ``dest`` (a temp file first; the checks and limits
+    of ``utils/archives.py``: no absolute or '..' paths, size, compression ratio). DatasetError naming the URL when
+    the archive is refused."""
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(suffix=".zip", dir=dest, delete=False) as tmp:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as r:
                 shutil.copyfileobj(r, tmp)
             tmp.close()
-            with zipfile.ZipFile(tmp.name) as z:
-                for m in z.namelist():  # refuse absolute paths and '..' (zip slip)
-                    if Path(m).is_absolute() or ".." in Path(m).parts:
-                        raise DatasetError(f"{url}: unsafe path in zip archive: {m}")
-                z.extractall(dest)
+            extract(Path(tmp.name), dest)
+        except ArchiveError as e:
+            raise DatasetError(f"{url}: {str(e).replace(tmp.name, 'the downloaded zip')}") from None
         finally:
             Path(tmp.name).unlink(missing_ok=True)
 CONVERT_KEYS = ("urls", "converter", "options", "source", "manual")

@@ -23,9 +23,14 @@ Decisions (documented here once):
 - **Data YAML** ``DIR/data.yaml``: same names; tiled splits point at the tiles, splits not tiled at the original
   images (so ``--splits train`` trains on tiles and validates on full images). Its ``path`` is ``../<DIR name>``
   (relative to the YAML itself), so the folder can be moved.
-- **Idempotence**: ``DIR/tile.json`` (parameters, a fingerprint of the source files, counts) is written last, after
-  ``.tile-incomplete`` was written first. Same parameters and sources: nothing is done. Otherwise a folder holding
-  either marker is ours: it is emptied and redone. A non-empty folder with neither is refused, never deleted.
+- **Idempotence**: ``DIR/tile.json`` (parameters, a fingerprint of the source files, counts) is moved in last.
+  Same parameters and sources: nothing is done. Otherwise a folder holding ``tile.json`` or ``.tile-incomplete``
+  is ours and is redone; a non-empty folder with neither is refused, never deleted.
+- **Validate, then write**: every image header, label file and ignore file of the tiled splits is read and checked
+  before anything is written; the tiles are written into a temporary folder beside DIR and swapped in at the end
+  under DIR's lock (``data/staging.py``), so a failure leaves the previous tiles as they were and a second
+  data.tile into the same DIR stops with one line. ``--out`` may not lie inside (or hold) an image or label folder
+  of any split of the source dataset: the tiles would be listed as that split's images.
 - Images are processed in sorted order, one at a time: the same inputs give the same bytes.
 """
 
@@ -34,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,14 +49,19 @@ import yaml
 from tqdm import tqdm
 
 from data.prepare import check_dataset
-from utils.dataset.ignore import format_ignore, ignore_file_for, load_ignore
-from utils.dataset.labels import LabelError, cache_key, img2label_paths, parse_label_file
-from utils.dataset.sources import DatasetNotFoundError, imread, list_image_files
-from utils.errors import DatasetError, UsageError
+from data.staging import locked, staging, swap_in
+from data.tile_checks import MARKER, PARTIAL, SPLITS, check_ours, check_out_dir, read_inputs
+from utils.cli import one_line
+from utils.dataset.ignore import format_ignore, ignore_file_for
+from utils.dataset.labels import LabelError, cache_key, img2label_paths
+from utils.dataset.sources import imread, list_image_files
+from utils.errors import DatasetError, UsageError, UserError
 from utils.infer.slicing import make_tiles
+from utils.run_dirs import LOCK_NAME
+from utils.safe_paths import remove_inside
 
 VERSION = 1  # bump when the tiling rules or the output layout change, so old tile folders are redone
-MARKER, PARTIAL, DATA_YAML = "tile.json", ".tile-incomplete", "data.yaml"
+DATA_YAML = "data.yaml"
 VIS_TOL = 1e-6  # float32 label files: a fraction within this below min_visible still counts as reaching it
 MIN_SIDE = 1e-5  # a clipped side under this share of the tile is no overlap (it would be written as a 0-size row)
 JPEG_QUALITY = 95
@@ -81,6 +90,9 @@ class TileParams:
             raise UsageError(f"--min-visible must be a fraction in [0, 1], got {self.min_visible}")
         if not self.splits:
             raise UsageError("--splits needs at least one split (train, val or test)")
+        bad = [x for x in self.splits if x not in SPLITS]  # split names become folders under --out
+        if bad:
+            raise UsageError(f"--splits must be among {', '.join(SPLITS)}, got {bad}")
 
 
 @dataclass
@@ -206,18 +218,17 @@ def _encode(im: np.ndarray, suffix: str, name: str) -> bytes:
     return buf.tobytes()
 
 
-def tile_image(im_file: str, rel: Path, out_images: Path, p: TileParams, nc: int) -> TileCounts:
-    """Tile one image (``rel``: its path relative to the split's folder) into ``out_images``; return its counts.
+def tile_image(im_file: str, rel: Path, out_images: Path, p: TileParams, labels: np.ndarray,
+               areas: np.ndarray) -> TileCounts:
+    """Tile one image (``rel``: its path relative to the split's folder) with its ``labels`` (n, 5) and ignore
+    ``areas`` (m, 4), both normalised (``read_inputs``), into ``out_images``; return its counts.
 
-    Raises LabelError/OSError naming the file when the image cannot be read or its labels are bad.
+    Raises LabelError/OSError naming the file when the image cannot be decoded or a tile not encoded.
     """
     im = imread(im_file)
     if im is None:
         raise LabelError(f"{im_file}: cannot read the image (missing, unreadable or not an image)")
     h, w = im.shape[:2]
-    lb_file = img2label_paths([im_file])[0]
-    labels = parse_label_file(lb_file, nc)[0] if os.path.isfile(lb_file) else np.zeros((0, 5), np.float32)
-    areas = load_ignore(ignore_file_for(lb_file))
     tiles = make_tiles(h, w, p.size, p.overlap)
     per_tile, kept, dropped = tile_labels(labels, w, h, tiles, p.min_visible)
     c = TileCounts(images=1, objects=len(labels), kept=int(kept.sum()), dropped=int(dropped.sum()),
@@ -271,28 +282,19 @@ def _read_marker(path: Path) -> dict | None:
     return old if isinstance(old, dict) else None
 
 
-def prepare_out_dir(out: Path, marker: dict) -> bool:
-    """Make ``out`` ready for tiling; True when it already holds this exact tiling (``marker`` matches).
-
-    A folder with our markers is emptied; an empty or absent one is created; anything else is refused
-    (DatasetError), never deleted.
-    """
-    old = _read_marker(out / MARKER)
-    if old is not None and old.get("params") == marker["params"] and old.get("source") == marker["source"]:
-        (out / PARTIAL).unlink(missing_ok=True)  # killed between writing the marker and removing this
-        return True
-    if out.exists():
-        if not out.is_dir():
-            raise DatasetError(f"--out {out}: exists and is not a folder")
-        ours = (old is not None and "params" in old) or (out / PARTIAL).is_file()
-        if not ours and any(out.iterdir()):
-            raise DatasetError(f"--out {out}: folder exists, is not empty and was not written by data.tile "
-                               f"(no {MARKER}); choose another folder or empty it yourself")
-        if ours:
-            shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / PARTIAL).write_text(json.dumps(marker["params"], indent=1) + "\n", encoding="utf-8")
-    return False
+def _old_report(old: dict | None, marker: dict) -> TileReport | None:
+    """The report of the tiling recorded in ``old`` (the marker read back) when it matches ``marker``, else None."""
+    if old is None or old.get("params") != marker["params"] or old.get("source") != marker["source"]:
+        return None
+    report = TileReport()
+    try:
+        report.splits = {s: TileCounts(**c) for s, c in old["counts"].items()}
+    except (AttributeError, KeyError, TypeError):  # a damaged marker: tile again
+        return None
+    for c in report.splits.values():
+        report.total.add(c)
+    report.up_to_date = True
+    return report
 
 
 def _data_yaml(data: dict, out: Path, splits: tuple[str, ...]) -> str:
@@ -324,25 +326,30 @@ def tile_dataset(data: str | Path, out: str | Path, size: int = 640, overlap: fl
         inside = next((f for f in fs if out in Path(f).parents), None)
         if inside:
             raise DatasetError(f"--out {out}: holds the source image {inside} ({s}); choose a separate folder")
+    check_out_dir(out, d, files)
     marker = {"params": asdict(p) | {"splits": list(p.splits)}, "source": _fingerprint(files, d["nc"])}
-    report = TileReport(data_yaml=out / DATA_YAML)
-    if prepare_out_dir(out, marker):
-        old = json.loads((out / MARKER).read_text(encoding="utf-8"))
-        report.splits = {s: TileCounts(**c) for s, c in old["counts"].items()}
-        for c in report.splits.values():
-            report.total.add(c)
-        report.up_to_date = True
+    old = _read_marker(out / MARKER)
+    report = _old_report(old, marker)
+    if report is not None:
+        if (out / PARTIAL).exists():  # killed between moving the marker in and removing this
+            remove_inside(out / PARTIAL, out)
+        report.data_yaml = out / DATA_YAML
         return report
-    for s, fs in files.items():
-        base, counts = _split_base(fs), TileCounts()
-        for f in tqdm(fs, desc=f"tiling {s}", leave=False, mininterval=0.5, disable=None):  # no bar off a tty
-            counts.add(tile_image(f, Path(f).relative_to(base), out / "images" / s, p, d["nc"]))
-        report.splits[s] = counts
-        report.total.add(counts)
-    report.data_yaml.write_text(_data_yaml(d, out, p.splits), encoding="utf-8")
-    marker["counts"] = {s: asdict(c) for s, c in report.splits.items()}
-    (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")  # last: complete from here
-    (out / PARTIAL).unlink()
+    check_ours(out, old)
+    inputs = {f: read_inputs(f, d["nc"]) for fs in files.values() for f in fs}  # every input checked first
+    report = TileReport(data_yaml=out / DATA_YAML)
+    with locked(out, "data.tile"), staging(out) as tmp:
+        for s, fs in files.items():
+            base, counts = _split_base(fs), TileCounts()
+            for f in tqdm(fs, desc=f"tiling {s}", leave=False, mininterval=0.5, disable=None):  # no bar off a tty
+                counts.add(tile_image(f, Path(f).relative_to(base), tmp / "images" / s, p, *inputs[f]))
+            report.splits[s] = counts
+            report.total.add(counts)
+        (tmp / DATA_YAML).write_text(_data_yaml(d, out, p.splits), encoding="utf-8")
+        marker["counts"] = {s: asdict(c) for s, c in report.splits.items()}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+        parts = sorted({c.name for c in (*out.iterdir(), *tmp.iterdir())} - {LOCK_NAME, PARTIAL, tmp.name})
+        swap_in(tmp, out, parts, MARKER, partial=PARTIAL)  # the marker last: complete from there
     return report
 
 
@@ -359,8 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         r = tile_dataset(a.data, a.out, a.size, a.overlap, a.min_visible, a.splits, a.skip_empty)
-    except (DatasetError, DatasetNotFoundError, LabelError, ValueError, OSError) as e:
-        print(f"data.tile: error: {e}", file=sys.stderr)
+    except (UserError, OSError) as e:
+        print(f"data.tile: error: {one_line(e)}".encode("utf-8", "backslashreplace").decode(), file=sys.stderr)
         return 1
     if r.up_to_date:
         print(f"{a.out}: already tiled with these parameters (tile.json), nothing to do")

@@ -121,6 +121,7 @@ def test_visdrone_errors_name_the_file(tmp_path):
     (src / "VisDrone2019-DET-train/annotations/b.txt").write_text("1,2,3\n")
     with pytest.raises(DatasetError, match=r"b\.txt: line 1: expected 8"):
         convert("visdrone", src, tmp_path / "dst")
+    (src / "VisDrone2019-DET-train/annotations/b.txt").write_text("")  # fixed: the next problem is reported
     for f in (src / "VisDrone2019-DET-val/annotations").iterdir():
         f.unlink()
     (src / "VisDrone2019-DET-val/annotations").rmdir()

@@ -31,6 +31,7 @@ class _State:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.truncate: dict[str, int] = {}
+        self.no_length: dict[str, int] = {}  # next GETs of a path: half the bytes, no Content-Length, then close
         self.requests: list[str] = []
 
 
@@ -44,6 +45,11 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 return
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
+            if state.no_length.get(self.path, 0) > 0:
+                state.no_length[self.path] -= 1
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])  # the connection closes: nothing says bytes are missing
+                return
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if state.truncate.get(self.path, 0) > 0:
@@ -214,3 +220,74 @@ def test_load_checkpoint_and_backend_download_official_names(server, tmp_path):
         load_checkpoint("no_such.pt")
     with pytest.raises(FileNotFoundError, match="no_such.pt"):
         load_backend("no_such.pt", device="cpu")
+
+
+# ------------------------------------------------------------------------------ nothing cached that does not load
+HTML = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Proxy login required</body></html>\n"
+
+
+def test_html_page_never_enters_the_cache(server, tmp_path):
+    """A mirror answering 200 with an HTML page (a proxy login, an error page): refused, nothing cached, and the
+    next call, after the mirror is fixed, downloads the real file."""
+    base, state = server
+    state.files["/v7.0/yolov5s.pt"] = HTML
+    with pytest.raises(ChecksumError, match=r"yolov5s\.pt: the downloaded file was refused, nothing was cached: "
+                                            r"not a PyTorch checkpoint \(an HTML page") as e:
+        attempt_download_weights("yolov5s.pt", backoff_s=0)
+    assert "\n" not in str(e.value) and "put it at" in str(e.value)
+    assert _leftovers(tmp_path / "cache" / "weights") == []
+    state.files["/v7.0/yolov5s.pt"] = data = _fake_pt()
+    assert attempt_download_weights("yolov5s.pt", backoff_s=0).read_bytes() == data
+
+
+def test_body_cut_short_without_content_length_never_enters_the_cache(server, tmp_path):
+    base, state = server
+    state.files["/v7.0/yolov5m.pt"] = _fake_pt()
+    state.no_length["/v7.0/yolov5m.pt"] = 1
+    with pytest.raises(ChecksumError, match="or the transfer stopped early") as e:
+        attempt_download_weights("yolov5m.pt", backoff_s=0)
+    assert "\n" not in str(e.value)
+    assert _leftovers(tmp_path / "cache" / "weights") == []
+    assert attempt_download_weights("yolov5m.pt", backoff_s=0).read_bytes() == _fake_pt()
+
+
+class Evil:
+    """Not on the checkpoint allow-list: a torch file holding it is a complete archive that does not load."""
+
+
+def test_loaders_refuse_a_download_that_does_not_load(server, tmp_path):
+    from utils.checkpoints import load_checkpoint
+    from utils.infer.detector import load_backend
+
+    base, state = server
+    buf = io.BytesIO()
+    torch.save({"model": Evil()}, buf)
+    state.files["/v7.0/yolov5n.pt"] = buf.getvalue()
+    for load in (load_checkpoint, lambda n: load_backend(n, device="cpu")):
+        with pytest.raises(ChecksumError, match=r"refused, nothing was cached: .*Evil") as e:
+            load("yolov5n.pt")
+        assert "\n" not in str(e.value) and ".tmp" not in str(e.value)
+        assert _leftovers(tmp_path / "cache" / "weights") == []
+
+
+def test_cached_file_that_fails_to_load_names_itself_and_the_refresh(server, tmp_path):
+    """A cache poisoned before these checks existed (or damaged on disk): the error names the cached file and says
+    to delete it; deleting it is enough to recover."""
+    from utils.checkpoints import CheckpointError, load_checkpoint
+    from utils.infer.detector import load_backend
+
+    base, state = server
+    cached = tmp_path / "cache" / "weights" / "yolov5l.pt"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(HTML)
+    for load in (load_checkpoint, lambda n: load_backend(n, device="cpu")):
+        with pytest.raises(CheckpointError, match=r"not a checkpoint") as e:
+            load("yolov5l.pt")
+        msg = str(e.value)
+        assert "\n" not in msg and f"delete {cached}" in msg and "download it afresh" in msg
+    assert state.requests == []  # the cached file is used as it is; only the message changes
+    local = tmp_path / "mine.pt"
+    local.write_bytes(HTML)
+    with pytest.raises(CheckpointError) as e:  # a file outside the cache gets no such advice
+        load_checkpoint(local)
+    assert "delete" not in str(e.value)

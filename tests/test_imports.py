@@ -27,7 +27,8 @@ ENTRY_SCRIPTS = ("train.py", "val.py", "detect.py", "export.py", "hubconf.py")
 # utils/ packages, bottom to top: each may import the utils root modules named in FOUNDATION, and packages of
 # LOWER layers only (the root modules checkpoints and plots sit between the two upper layers)
 MIDDLE = {"utils.checkpoints", "utils.plots"}  # above config/dataset/loss/eval, below train/infer
-FOUNDATION = {"utils.errors", "utils.atomic", "utils.cli", "utils.torch_utils", "utils.downloads", "utils.run_dirs"}
+FOUNDATION = {"utils.errors", "utils.atomic", "utils.cli", "utils.torch_utils", "utils.downloads", "utils.run_dirs",
+              "utils.safe_paths", "utils.archives"}
 LAYERS = (("utils.ops",), ("utils.config",), ("utils.dataset", "utils.loss", "utils.eval"),
           ("utils.train", "utils.infer"))
 

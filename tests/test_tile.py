@@ -64,6 +64,10 @@ def scene(objs: list[tuple], seed: int = 0) -> np.ndarray:
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path)
+
+
+def make_dataset(tmp_path: Path) -> Path:
     """train: big.png (the scene, with an ignore file), small.jpg (300 x 200, one object), neg.png (500 x 300, no
     labels); val: scene.png (the scene without E, all class 0: objects smaller than the overlap)."""
     root = tmp_path / "src"
@@ -191,13 +195,16 @@ def test_deterministic_idempotent_and_redone(dataset: Path, tmp_path: Path, caps
     assert (a / "labels/train/small_x0_y0.txt").read_text() == "0 0.500000 0.500000 0.100000 0.100000\n"
 
 
-def test_interrupted_run_is_redone(dataset: Path, tmp_path: Path, monkeypatch, capsys):
+def test_failed_run_leaves_the_previous_tiles_and_killed_run_is_redone(dataset: Path, tmp_path: Path,
+                                                                         monkeypatch, capsys):
     import data.tile as tile
 
     out = tmp_path / "tiles"
+    assert main(["--data", str(dataset), "--size", "500", "--out", str(out)]) == 0
+    before = tree_bytes(out)
     calls = []
 
-    def failing(path):  # the third image fails: an interrupted run
+    def failing(path):  # the third image fails while tiling with new parameters
         calls.append(path)
         return None if len(calls) == 3 else imread(path)
 
@@ -205,11 +212,16 @@ def test_interrupted_run_is_redone(dataset: Path, tmp_path: Path, monkeypatch, c
     assert main(["--data", str(dataset), "--size", "400", "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot read the image" in err and Path(calls[2]).name in err
-    assert (out / ".tile-incomplete").exists() and not (out / "tile.json").exists()
+    assert tree_bytes(out) == before  # the previous tiles, byte for byte; no lock left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "tiles"]  # no temporary folder left
     monkeypatch.setattr(tile, "imread", imread)
+    (out / "tile.json").unlink()  # as if killed while swapping: no marker, the partial sign, some old files
+    (out / ".tile-incomplete").write_text("")
     assert main(["--data", str(dataset), "--size", "400", "--out", str(out)]) == 0
     assert (out / "tile.json").exists() and not (out / ".tile-incomplete").exists()
     assert "already tiled" not in capsys.readouterr().out
+    assert json.loads((out / "tile.json").read_text())["params"]["size"] == 400
+    assert not list(out.rglob("*_x500_*")) and len(list((out / "images/train").glob("big_*"))) == 6
 
 
 def test_refuses_foreign_folder_and_bad_input(dataset: Path, tmp_path: Path, capsys):

@@ -39,11 +39,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def _atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
+def _atomic_open(path: str | Path, check: Callable[[Path], Any] | None = None) -> Iterator[IO[bytes]]:
     """Yield a binary file that replaces ``path`` atomically when the block exits without error.
 
     The temporary file is created with mode 0o666 minus the umask (like ``open``), exclusively (no clobbering of
-    another writer's temporary), in ``path``'s folder, which must exist.
+    another writer's temporary), in ``path``'s folder, which must exist. ``check(temporary path)``, when given, runs
+    on the complete, closed file before the rename; an exception from it leaves ``path`` untouched.
     """
     path = Path(path)
     folder = path.parent
@@ -56,6 +57,8 @@ def _atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -64,9 +67,11 @@ def _atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
     _fsync_dir(folder)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(binary_file)`` on a temporary file, then atomically move it to ``path``. Returns ``path``."""
-    with _atomic_open(path) as fh:
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any],
+                 check: Callable[[Path], Any] | None = None) -> Path:
+    """Call ``write(binary_file)`` on a temporary file, then ``check(temporary path)`` when given (raise to refuse
+    the file), then atomically move it to ``path``. Returns ``path``."""
+    with _atomic_open(path, check) as fh:
         write(fh)
     return Path(path)
 

@@ -47,7 +47,7 @@ from models import common, yolo
 from models.yolo import DetectionModel
 from utils.atomic import atomic_torch_save
 from utils.config.hyp import HypError, load_hyp
-from utils.downloads import attempt_download_weights
+from utils.downloads import attempt_download_weights, refresh_hint
 from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
@@ -155,9 +155,26 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         FileNotFoundError: ``path`` does not exist (and is not an official weights name).
         DownloadError: an official weights file could not be downloaded (one line: what, from where, by hand).
         UnsafeCheckpointError: the file references a global outside :func:`allowed_globals`; nothing ran.
-        CheckpointError: not a torch file, corrupt, or not a checkpoint (message names the file and why).
+        CheckpointError: not a torch file, corrupt, or not a checkpoint (message names the file and why; for a
+            file of the weights cache also how to refresh it).
     """
-    path = attempt_download_weights(path)
+    path = attempt_download_weights(path, verify=check_loadable)
+    try:
+        return _read_checkpoint(path, map_location)
+    except CheckpointError as e:
+        hint = refresh_hint(path)  # a cached download that does not load: say how to refresh it
+        if hint:
+            raise type(e)(f"{e}; {hint}") from None
+        raise
+
+
+def check_loadable(path: str | Path) -> None:
+    """Raise CheckpointError (naming ``path``) unless it loads safely as a PyTorch file (``weights_only`` with
+    the allow-list). What a weights download must pass before it enters the cache."""
+    _torch_load(Path(path), "cpu")
+
+
+def _read_checkpoint(path: Path, map_location: Any) -> dict[str, Any]:
     obj = _torch_load(path, map_location)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a checkpoint: expected a dict, got {type(obj).__name__}")

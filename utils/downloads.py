@@ -12,11 +12,16 @@ Where things come from and go:
   ``~/.cache/tinyfocal/weights``. A file already there is reused without any request.
 
 Integrity: the transfer is written to a temporary file in the cache folder (``utils.atomic``) and renamed to its
-final name only after its size equals the server's Content-Length (and :data:`KNOWN_WEIGHTS`' size, where known)
-and its SHA-256 equals the known digest and/or a ``<name>.sha256`` sidecar served next to the asset (optional:
-mirrors may publish one). Network errors, server errors (5xx, 429) and truncated transfers are retried with a short
-exponential backoff; a 404 or a checksum mismatch is not. Failures raise :class:`DownloadError` with a one-line
-message: what, from where, why, and where to put the file by hand. Only the standard library's urllib is used.
+final name only after its size equals the server's Content-Length (and :data:`KNOWN_WEIGHTS`' size, where known),
+its SHA-256 equals the known digest and/or a ``<name>.sha256`` sidecar served next to the asset (optional:
+mirrors may publish one), and it is a complete PyTorch archive (:func:`check_torch_archive`: a zip whose every
+member passes its CRC check, holding ``data.pkl``) that the caller's ``verify`` (the loaders pass "it loads as a
+checkpoint") accepts. So an HTML page answered with status 200, or a body cut short without a Content-Length,
+never enters the cache. Network errors, server errors (5xx, 429) and truncated transfers are retried with a short
+exponential backoff; a 404, a checksum mismatch or a file that is not a checkpoint is not. Failures raise
+:class:`DownloadError` with a one-line message: what, from where, why, and where to put the file by hand. A cached
+file that later fails to load is named in the loader's error with :func:`refresh_hint` (delete it to download it
+again). Only the standard library's urllib is used.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import re
 import time
 import urllib.error
 import urllib.request
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -86,10 +93,13 @@ def is_official_weights(name_or_path: str | Path) -> bool:
 
 # ---------------------------------------------------------------------------------------------------- weights
 def attempt_download_weights(name_or_path: str | Path, *, retries: int = 3, backoff_s: float = 1.0,
-                             timeout_s: float = 30.0) -> Path:
+                             timeout_s: float = 30.0, verify: Callable[[Path], object] | None = None) -> Path:
     """``name_or_path`` as a Path when it exists; for a missing official name (``yolov5s.pt``, also as
     ``some/dir/yolov5s.pt``) the cached release asset, downloaded first when absent; otherwise ``name_or_path``
     unchanged (the caller reports it as not found).
+
+    A download enters the cache only after :func:`check_torch_archive` and then ``verify(temporary path)`` (e.g.
+    "loads as a checkpoint"; raise to refuse it) accepted it.
 
     Raises:
         DownloadError: the asset could not be fetched (offline, 404, retries exhausted) or failed its size or
@@ -119,9 +129,51 @@ def attempt_download_weights(name_or_path: str | Path, *, retries: int = 3, back
     LOGGER.info(f"Downloading {url} to {dst} ...")
     try:
         return download_file(url, dst, expected_size=size, sha256=sha or sidecar, retries=retries,
-                             backoff_s=backoff_s, timeout_s=timeout_s)
+                             backoff_s=backoff_s, timeout_s=timeout_s, verify=_both(check_torch_archive, verify))
     except DownloadError as e:
         raise type(e)(f"{e}; {by_hand}") from None
+
+
+def _both(first: Callable[[Path], object], then: Callable[[Path], object] | None) -> Callable[[Path], None]:
+    def check(path: Path) -> None:
+        first(path)
+        if then is not None:
+            then(path)
+
+    return check
+
+
+def check_torch_archive(path: str | Path) -> None:
+    """Raise ValueError unless ``path`` is a complete PyTorch checkpoint archive: a zip (what ``torch.save`` writes
+    since PyTorch 1.6, and the YOLOv5 v7.0 assets are) whose every member passes its CRC-32 check and that holds a
+    ``data.pkl`` record. Catches an HTML page served instead of the file and a transfer cut short (a zip's
+    directory is at its end). Reads the whole file once; unpickles nothing."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not zipfile.is_zipfile(path):
+        what = "an HTML page" if head.lstrip()[:1] == b"<" else "not a zip archive"
+        raise ValueError(f"not a PyTorch checkpoint ({what}, starting with {head[:40]!r}), or the transfer stopped "
+                         "early")
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad, names = z.testzip(), z.namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        raise ValueError(f"corrupt zip archive ({type(e).__name__}: {e})") from None
+    if bad is not None:
+        raise ValueError(f"corrupt archive: member {bad} fails its CRC check")
+    if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        raise ValueError("a zip archive without data.pkl, not a PyTorch checkpoint")
+
+
+def refresh_hint(path: str | Path) -> str:
+    """How to refresh ``path`` when it is a file of the weights cache (``"it is a cached download: delete ... "``),
+    else ''. Loaders append it to their error when a cached file fails to load."""
+    p, cache = Path(path).resolve(), weights_cache_dir().resolve()
+    if cache not in p.parents:
+        return ""
+    return (f"it is a cached download: delete {p} and run again to download it afresh (from {weights_base_url()}, "
+            f"or set {WEIGHTS_URL_ENV} to a mirror)")
 
 
 def fetch_sha256_sidecar(url: str, timeout_s: float = 30.0) -> str | None:
@@ -145,23 +197,26 @@ def fetch_sha256_sidecar(url: str, timeout_s: float = 30.0) -> str | None:
 
 # ---------------------------------------------------------------------------------------------------- any file
 def download_file(url: str, dst: str | Path, *, expected_size: int | None = None, sha256: str | None = None,
-                  retries: int = 3, backoff_s: float = 1.0, timeout_s: float = 30.0) -> Path:
+                  retries: int = 3, backoff_s: float = 1.0, timeout_s: float = 30.0,
+                  verify: Callable[[Path], object] | None = None) -> Path:
     """Fetch ``url`` into ``dst`` (whose folder must exist) through a temporary file in the same folder, renamed to
     ``dst`` only after the checks; ``dst`` is never left partial. Returns ``dst``.
 
     Checks: the byte count equals the Content-Length header (when sent) and ``expected_size`` (when given); the
-    SHA-256 equals ``sha256`` (hex, when given). Attempts: up to ``retries``, waiting ``backoff_s * 2**k`` seconds
-    after failure k, for network errors, timeouts, HTTP 5xx/429/408 and truncated transfers.
+    SHA-256 equals ``sha256`` (hex, when given); ``verify(temporary path)`` returns (when given; any exception
+    refuses the file). Attempts: up to ``retries``, waiting ``backoff_s * 2**k`` seconds after failure k, for
+    network errors, timeouts, HTTP 5xx/429/408 and truncated transfers.
 
     Raises:
         DownloadError: HTTP error other than the transient ones (e.g. 404), or every attempt failed.
-        ChecksumError: wrong size (while the transfer itself was complete) or wrong SHA-256; not retried.
+        ChecksumError: wrong size (while the transfer itself was complete), wrong SHA-256 or refused by ``verify``;
+            not retried.
     """
     dst = Path(dst)
     last = ""
     for attempt in range(1, max(retries, 1) + 1):
         try:
-            return _fetch_once(url, dst, expected_size, sha256.lower() if sha256 else None, timeout_s)
+            return _fetch_once(url, dst, expected_size, sha256.lower() if sha256 else None, timeout_s, verify)
         except urllib.error.HTTPError as e:
             if e.code not in (408, 429) and e.code < 500:
                 raise DownloadError(f"could not download {dst.name} from {url}: HTTP {e.code} {e.reason}") from None
@@ -186,7 +241,8 @@ def _reason(e: BaseException) -> str:
     return " ".join(f"{type(r).__name__}: {r}".split())[:200]
 
 
-def _fetch_once(url: str, dst: Path, expected_size: int | None, sha256: str | None, timeout_s: float) -> Path:
+def _fetch_once(url: str, dst: Path, expected_size: int | None, sha256: str | None, timeout_s: float,
+                verify: Callable[[Path], object] | None = None) -> Path:
     """One attempt of :func:`download_file`; a truncated transfer raises _Retryable, a bad file ChecksumError
     (both before the rename, so the temporary file is removed and ``dst`` untouched)."""
     with urllib.request.urlopen(_request(url), timeout=timeout_s) as r:
@@ -215,4 +271,13 @@ def _fetch_once(url: str, dst: Path, expected_size: int | None, sha256: str | No
                 raise ChecksumError(f"{url}: SHA-256 {h.hexdigest()} does not match the expected {sha256}: "
                                     f"refusing the file")
 
-        return atomic_write(dst, write)
+        def check(tmp: Path) -> None:
+            if verify is None:
+                return
+            try:
+                verify(tmp)
+            except (ValueError, OSError) as e:  # the check's reason goes into the message
+                reason = " ".join(str(e).replace(str(tmp), dst.name).split())[:300]
+                raise ChecksumError(f"{url}: the downloaded file was refused, nothing was cached: {reason}") from None
+
+        return atomic_write(dst, write, check)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.checkpoints import CheckpointError, load_model
+from utils.checkpoints import CheckpointError, check_loadable, load_model
 from utils.dataset.augmentations import letterbox
 from utils.dataset.sources import imread
 from utils.downloads import attempt_download_weights
@@ -125,7 +125,7 @@ def load_backend(weights: str | Path, device: str | torch.device = "", half: boo
         CheckpointError: the file is not a model (message names the file and why).
         MissingPackageError: an OpenVINO model without the openvino package (one line with the pip command).
     """
-    path = attempt_download_weights(weights)
+    path = attempt_download_weights(weights, verify=check_loadable)
     if not path.exists():
         raise FileNotFoundError(f"weights not found: {path}")
     suffix = path.suffix.lower()
