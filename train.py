@@ -62,10 +62,9 @@ from utils.train.builders import (  # noqa: E402
     start_mlflow,
     start_run_files,
 )
-from utils.train.checks import check_freeze, validate_options  # noqa: E402
 from utils.train.loggers import RunLogger, check_mlflow  # noqa: E402
 from utils.train.loop import EarlyStopping, NonFiniteGuard, multi_scale_size, rescale_batch  # noqa: E402
-from utils.train.options import get_args_parser, hyp_overrides  # noqa: E402
+from utils.train.options import check_freeze, get_args_parser, hyp_overrides, validate_options  # noqa: E402  # noqa: E402
 from utils.train.precision import choose_precision, cpu_bf16_supported  # noqa: E402
 from utils.train.run import NoEMA, Run  # noqa: E402
 from utils.train.schedule import set_warmup  # noqa: E402

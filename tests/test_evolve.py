@@ -14,7 +14,6 @@ import train
 from tests.helpers import tiny_dataset
 from utils.config.hyp import HypError, load_hyp
 from utils.train.evolve import (
-    DEFAULT_SPACE,
     STUDY_DB,
     STUDY_NAME,
     Param,
@@ -24,6 +23,7 @@ from utils.train.evolve import (
     trial_fitness,
     trial_options,
 )
+from utils.train.options import DEFAULT_SPACE
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ from utils.run_dirs import (
     lock_holder,
     release_run_lock,
 )
-from utils.train.checks import check_freeze, check_skipped, skip_reason
 from utils.train.loop import EarlyStopping, NonFiniteGuard
+from utils.train.options import check_freeze, check_skipped, skip_reason
 from utils.train.schedule import NOMINAL_BATCH, lr_factor, warmup_accumulate, warmup_values
 
 PATHS = [f"/data/images/im{i}.jpg" for i in range(10)]

@@ -28,8 +28,8 @@ from utils.plots import plot_labels, plot_results, plot_tfl_auto
 from utils.run_dirs import acquire_run_lock, increment_path
 from utils.torch_utils import init_seeds, smart_optimizer
 from utils.train.autoanchor import check_anchors, label_wh_pixels, save_anchor_report
-from utils.train.checks import check_skipped
 from utils.train.loggers import MLflowLogger, mlflow_tracking_uri, run_artifacts
+from utils.train.options import check_skipped
 from utils.train.precision import FP32
 from utils.train.run import Run
 from utils.train.schedule import lr_factor, nominal_batch

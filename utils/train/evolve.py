@@ -48,14 +48,12 @@ from utils.errors import UsageError, UserError
 from utils.eval.metrics import fitness
 from utils.run_dirs import increment_path
 from utils.train.builders import ddp_env
-from utils.train.checks import validate_options
+from utils.train.options import validate_options
 
 if TYPE_CHECKING:
     import optuna
 
 LOGGER = logging.getLogger(__name__)
-DEFAULT_SPACE = HYP_DIR / "evolve.yaml"
-FITNESS_MODES = ("all", "tiny", "tiny50")
 STUDY_DB, STUDY_NAME = "study.db", "evolve"
 PRUNE_STARTUP = 5  # finished trials before the median pruner may stop one
 HEARTBEAT_S, GRACE_S = 60, 300  # a RUNNING trial without heartbeat for GRACE_S seconds was killed: FAIL, retried
@@ -392,5 +390,5 @@ def interrupted_message(opt: argparse.Namespace) -> str:
             f"one is marked FAIL and tried again first); continue with the same command plus --resume {save_dir}")
 
 
-__all__ = ["DEFAULT_SPACE", "FITNESS_MODES", "Param", "interrupted_message", "load_space", "plot_study",
+__all__ = ["Param", "interrupted_message", "load_space", "plot_study",
            "run_evolve", "study_dir", "suggest", "trial_fitness", "trial_options", "write_results"]
