@@ -2,7 +2,7 @@
 
 Units: boxes are xyxy in any one unit shared by detections and labels (val.py passes original-image pixels);
 confidences are in [0, 1]; IoU thresholds are dimensionless. Numbers match the v7.0 reference within 1e-6
-(tests/test_metrics.py), including its known quirk that a perfect detector scores AP = 0.995, not 1.0: the
+(tests/eval/test_metrics.py), including its known quirk that a perfect detector scores AP = 0.995, not 1.0: the
 101-point interpolation reads precision 0 at recall exactly 1 (the end sentinel), and the trapezoid rule keeps
 half of the last 0.01-wide slice.
 

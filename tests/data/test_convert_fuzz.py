@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from data import convert as convert_mod
 from data.convert import CONVERTERS, MARKER, convert
-from tests.test_convert import make_aitod, make_tinyperson, make_visdrone, make_xview
-from tests.test_convert_validation import tree
+from tests.data.test_convert import make_aitod, make_tinyperson, make_visdrone, make_xview
+from tests.data.test_convert_validation import tree
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

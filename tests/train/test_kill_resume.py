@@ -18,7 +18,7 @@ import pytest
 from tests.helpers import tiny_dataset
 from utils.checkpoints import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 4
 ATTEMPTS = 2
 

@@ -20,7 +20,7 @@ import pytest
 from data import convert as convert_mod
 from data import tile as tile_mod
 from data.convert import MARKER, convert
-from tests.test_convert import make_aitod, make_tinyperson, make_visdrone, make_xview
+from tests.data.test_convert import make_aitod, make_tinyperson, make_visdrone, make_xview
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -82,7 +82,7 @@ def test_failure_while_writing_keeps_previous_output(tmp_path, capsys, monkeypat
 
 
 def test_tile_checks_every_label_before_the_first_tile(tmp_path, capsys, monkeypatch):
-    from tests.test_tile import make_dataset
+    from tests.data.test_tile import make_dataset
 
     data = make_dataset(tmp_path)
     out = tmp_path / "tiles"

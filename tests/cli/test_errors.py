@@ -24,7 +24,7 @@ from utils.run_dirs import RunLockError
 from utils.train.loggers import LoggerError
 from utils.train.state import ResumeError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_typed_error_is_a_user_error():

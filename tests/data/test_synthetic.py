@@ -81,7 +81,7 @@ def test_check_dataset_synthetic_yaml(tmp_path):
 
 
 def test_repo_yamls(tmp_path):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if not (root / "datasets" / "coco128" / "images" / "train2017").exists():  # relative path -> repo datasets/
         with pytest.raises(DatasetError, match=str(root / "datasets" / "coco128" / "images" / "train2017")):
             check_dataset(root / "data" / "coco128.yaml", autodownload=False)

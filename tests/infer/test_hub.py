@@ -24,7 +24,7 @@ from utils.checkpoints import CheckpointError, save_checkpoint
 from utils.infer.hub import AutoShape
 from utils.infer.results import XYWH_COLUMNS, XYXY_COLUMNS, Detections
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMGSZ = 128  # the tiny checkpoint's recorded training size: the default of both detect.run and the hub model
 
 

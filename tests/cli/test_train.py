@@ -15,7 +15,7 @@ from tests.helpers import tiny_dataset
 from utils.checkpoints import load_checkpoint, load_model
 from utils.config.hyp import load_hyp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -14,7 +14,7 @@ import yaml
 from data import convert as convert_mod
 from data import tile as tile_mod
 from data.convert import MARKER, convert, read_marker
-from tests.test_convert import make_aitod, make_visdrone
+from tests.data.test_convert import make_aitod, make_visdrone
 from utils.errors import DatasetError
 from utils.safe_paths import UnsafePathError, plain_name, remove_inside
 
@@ -139,7 +139,7 @@ def test_coco_duplicate_image_entries(tmp_path, capsys, field):
 # ------------------------------------------------------------------------------------------ tiles leaking into val
 @pytest.mark.parametrize("where", ["images/val/sub", "labels/val/sub", "labels/train/x"])
 def test_tile_out_inside_a_split_folder_refused(tmp_path, capsys, where):
-    from tests.test_tile import scene, write_rows, yolo_rows
+    from tests.data.test_tile import scene, write_rows, yolo_rows
 
     root = tmp_path / "src"
     for split in ("train", "val"):

@@ -20,7 +20,7 @@ import torch
 
 from data.prepare import check_dataset
 from data.tile import main, tile_areas, tile_dataset, tile_labels, tile_stem
-from tests.test_slicing import SquareFinder
+from tests.infer.test_slicing import SquareFinder
 from utils.dataset.sources import imread
 from utils.infer.slicing import make_tiles, sliced_detect
 from utils.ops.boxes import box_iou
@@ -290,7 +290,7 @@ def test_tile_model_through_sliced_inference_gives_each_object_once(dataset: Pat
 
 def test_val_slice_on_full_images_recovers_border_objects_once(dataset: Path, tmp_path: Path, monkeypatch):
     """Train on tiles, validate sliced on the full images: the tiled dataset's YAML (only train tiled) points val
-    at the original scene; ``val.run(slice_size=400)`` with a stub backend (tests/test_slicing.py's SquareFinder)
+    at the original scene; ``val.run(slice_size=400)`` with a stub backend (tests/infer/test_slicing.py's SquareFinder)
     finds B, C, D (across tile borders) and A, G exactly once: one saved box per object, IoU > 0.9."""
     import utils.infer.detector as inference
     import val

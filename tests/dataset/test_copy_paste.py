@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import utils.dataset.dataloaders as dl
-from tests.test_dataloaders import make_dataset
+from tests.dataset.test_dataloaders import make_dataset
 from utils.config.hyp import Hyp, HypError
 from utils.dataset.copy_paste import (
     MARGIN,

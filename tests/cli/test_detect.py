@@ -157,7 +157,7 @@ def test_bad_inputs_give_clear_messages(weights, images, tmp_path, capsys):
         (tmp_path / "fake.onnx").write_bytes(b"\x00garbage")
         load_backend(tmp_path / "fake.onnx")
     assert main(["--weights", str(txt), "--source", str(images)]) == 1
-    assert "notes.pt" in capsys.readouterr().err  # one line on stderr (tests/test_entry_points.py checks the shape)
+    assert "notes.pt" in capsys.readouterr().err  # one line on stderr (tests/cli/test_entry_points.py checks the shape)
     det = Detector(weights, imgsz=64)
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         det(np.zeros((10, 10), np.uint8))

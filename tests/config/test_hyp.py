@@ -7,7 +7,7 @@ import yaml
 
 from utils.config.hyp import REQUIRED_KEYS, HypError, load_hyp
 
-HYP_FILES = sorted((Path(__file__).resolve().parents[1] / "hyp").glob("hyp.*.yaml"))  # not evolve.yaml: a space
+HYP_FILES = sorted((Path(__file__).resolve().parents[2] / "hyp").glob("hyp.*.yaml"))  # not evolve.yaml: a space
 
 
 @pytest.mark.parametrize("path", HYP_FILES, ids=lambda p: p.name)
@@ -138,6 +138,6 @@ def test_docs_table_is_the_generated_one():
     """docs/hyperparameters.md holds exactly the table ``python -m utils.config.hyp`` prints (it cannot drift)."""
     from utils.config.hyp import markdown_table
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "hyperparameters.md").read_text(encoding="utf-8")
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "hyperparameters.md").read_text(encoding="utf-8")
     assert markdown_table() in doc
     assert markdown_table().replace("`0.01`", "`0.02`", 1) not in doc  # the check bites on a changed default
