@@ -16,6 +16,7 @@ from tests.helpers import tiny_dataset
 from utils.advise import advise
 from utils.advise.choose import choose, scaled_size, sizes_needed
 from utils.advise.label_stats import LabelStats, label_statistics, level_anchors
+from utils.checkpoints import load_checkpoint, trained_imgsz
 from utils.config.hyp import load_hyp
 from utils.config.tiny_rules import DEFAULT_RULES, TinyRulesError, load_tiny_rules
 
@@ -194,9 +195,21 @@ def run_train(tiny_data: Path, project: Path, name: str, *argv: str) -> Path:
     return project / name
 
 
-def test_train_tiny_auto_applies_and_records_its_choice_and_is_off_by_default(tiny_data, tmp_path, caplog):
-    with caplog.at_level(logging.INFO):
-        auto = run_train(tiny_data, tmp_path, "auto", "--tiny", "auto")
+def test_train_tiny_auto_applies_and_records_its_choice_and_is_off_by_default(tiny_data, tmp_path, caplog,
+                                                                              monkeypatch):
+    real_save = train.save_epoch
+
+    def save_then_crash(*a, **kw):
+        real_save(*a, **kw)
+        raise KeyboardInterrupt("simulated crash after epoch 0")
+
+    monkeypatch.setattr(train, "save_epoch", save_then_crash)
+    with caplog.at_level(logging.INFO), pytest.raises(KeyboardInterrupt):
+        train.train(train.get_args_parser().parse_args([
+            "--data", str(tiny_data), "--project", str(tmp_path), "--name", "auto", "--imgsz", "64", "--epochs", "2",
+            "--batch-size", "8", "--workers", "0", "--noplots", "--noval", "--keep-optimizer", "--tiny", "auto"]))
+    monkeypatch.setattr(train, "save_epoch", real_save)
+    auto = tmp_path / "auto"
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tiny auto: ")]
     assert len(lines) == 5 and "input scale: 2x (128 px)" in lines[1]
     advice = json.loads((auto / "tiny_auto.json").read_text())
@@ -205,6 +218,16 @@ def test_train_tiny_auto_applies_and_records_its_choice_and_is_off_by_default(ti
     assert advice["settings"]["hyp"] and all(hyp[k] == v for k, v in advice["settings"]["hyp"].items())
     assert hyp["box"] == pytest.approx(0.078) and opt["tiny"] == "auto"
     assert [c["option"] for c in advice["choices"]] == ["input scale", "P2 model", "positive weight", "copy-paste"]
+
+    # --resume keeps the chosen settings (from the checkpoint) without choosing again; val.py's default size follows
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train.train(train.get_args_parser().parse_args(["--resume", str(auto / "weights" / "last.pt")]))
+    assert not [r for r in caplog.records if r.getMessage().startswith("tiny auto: ")]
+    ck = load_checkpoint(auto / "weights" / "last.pt")
+    assert ck["epoch"] == 1 and trained_imgsz(ck) == 128 and ck["hyp"]["box"] == pytest.approx(0.078)
+    assert yaml.safe_load((auto / "opt.yaml").read_text())["imgsz"] == 128
+    assert json.loads((auto / "tiny_auto.json").read_text()) == advice
 
     default = run_train(tiny_data, tmp_path, "default")
     opt_d, hyp_d = (yaml.safe_load((default / f).read_text()) for f in ("opt.yaml", "hyp.yaml"))
