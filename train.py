@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
 
 import val as validate  # noqa: E402
 from data.prepare import check_dataset  # noqa: E402
+from utils.advise.advise import apply_tiny_auto, save_advice  # noqa: E402
 from utils.checkpoints import load_checkpoint  # noqa: E402
 from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
 from utils.config.hyp import load_hyp  # noqa: E402
@@ -143,6 +144,9 @@ def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
     hyp = load_hyp(ckpt["hyp"]) if ckpt else load_hyp(opt.hyp, hyp_overrides(opt))
     init_seeds(opt.seed + 1 + max(rank, 0), deterministic=True)
     data = check_dataset(opt.data)
+    advice = None
+    if getattr(opt, "tiny", None) == "auto" and not opt.resume:  # may change opt.imgsz, opt.cfg and the hyp
+        hyp, advice = apply_tiny_auto(opt, hyp, data)
     nc = 1 if opt.single_cls else data["nc"]
     names = {0: "item"} if opt.single_cls and len(data["names"]) != 1 else data["names"]
 
@@ -167,6 +171,8 @@ def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
             hyp = resolve_tfl_auto(hyp, dataset, imgsz, save_dir, plots=main_process and not opt.noplots)
         if main_process:
             start_run_files(save_dir, opt, hyp, dataset, names, model, imgsz, precision=precision.label)
+            if advice:
+                save_advice(advice, save_dir)
         freeze_layers(model, opt.freeze)
         model.nc, model.names, model.hyp = nc, names, hyp
         loss_fn = ComputeLoss(model, hyp, imgsz=imgsz)

@@ -82,6 +82,10 @@ def get_args_parser(parser: type[argparse.ArgumentParser] = argparse.ArgumentPar
     p.add_argument("--hyp-set", nargs="+", default=[], metavar="KEY=VALUE", help="override any hyperparameter")
     p.add_argument("--tiny-area", type=float, default=None, help="validation's tiny/big size-bucket split, area in "
                    "original-image px² as val.py's buckets (default: the hyp's tfl_s)")
+    p.add_argument("--tiny", choices=["auto"], default=None, help="auto: choose the input scale, P2, the positive "
+                   "weight and copy-paste from the training labels and hyp/tiny_auto.yaml (writes tiny_auto.json)")
+    p.add_argument("--tiny-max-cost", type=float, default=None, help="--tiny auto: at most this many times the "
+                   "baseline's inference time (a scale s costs ~s^2)")
     # Hyperparameter search (utils/train/evolve.py)
     p.add_argument("--evolve", type=int, nargs="?", const=300, default=None, help="Optuna search: train trials "
                    "until the study holds N finished ones (300 without N); with --resume [FOLDER]: continue a study")
