@@ -13,7 +13,8 @@ Usage:
 Outputs go to ``--project/--name`` (runs/detect/exp, exp2, ...): annotated images/videos, ``labels/*.txt`` in YOLO
 format (``cls x y w h [conf]``, normalised to the original image, written atomically) and ``crops/<class>/``.
 Boxes are found at the network input and mapped back to ORIGINAL-image pixels. EXIF orientation is honoured;
-unreadable images are reported and skipped. ``run(**kwargs)`` returns one dict per image/frame.
+unreadable images and videos are reported and skipped (and listed again at the end); when no input file is
+readable, that is a user error. ``run(**kwargs)`` returns one dict per image/frame.
 
 ``--imgsz`` defaults to the size the checkpoint was trained at (640 for official YOLOv5 weights); a size more than 2x
 from it is warned about. Images with the same name (from different folders of a .txt list) get outputs named
@@ -34,6 +35,7 @@ import argparse
 import logging
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -47,7 +49,7 @@ if str(ROOT) not in sys.path:
 
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
-from utils.dataset.sources import LoadImages, output_stems  # noqa: E402
+from utils.dataset.sources import DatasetNotFoundError, LoadImages, output_stems, skipped_message  # noqa: E402
 from utils.infer.annotate import annotate, crop_box, save_image  # noqa: E402
 from utils.infer.detector import Detector  # noqa: E402
 from utils.infer.streams import (  # noqa: E402
@@ -63,6 +65,7 @@ from utils.ops.boxes import xyxy2xywh  # noqa: E402
 from utils.run_dirs import increment_path  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
+MAX_LISTED = 10  # skipped inputs named in one line, then "... and N more"
 
 
 def yolo_txt_lines(det: np.ndarray, shape: tuple[int, int], save_conf: bool) -> list[str]:
@@ -105,12 +108,13 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
     or stream frame number, or None), ``shape`` (h, w original px), ``boxes`` (n, 4) xyxy original px, ``scores``
     (n,), ``classes`` (n,), ``save_path`` (annotated file or None), ``txt_path`` (or None) and ``times_ms``
     (pre-process, inference, NMS). The run folder is in each dict's ``save_dir``; it is created only once the
-    weights are loaded and the source holds images (streams: opened and gave a frame; image URL: downloaded).
-    ``imgsz`` (input px) defaults to the trained size. Streams: see the module docstring and utils/infer/streams.py;
-    a stream lost mid-way ends the run normally with the results so far.
+    weights are loaded and the source's first image or frame is read (streams: opened and gave a frame; image URL:
+    downloaded). ``imgsz`` (input px) defaults to the trained size. Streams: see the module docstring and
+    utils/infer/streams.py; a stream lost mid-way ends the run normally with the results so far.
 
-    Raises FileNotFoundError (missing weights/source, message names it), CheckpointError (not a model),
-    StreamError (a stream that cannot be opened), DownloadError (an image URL) and UsageError (a bad argument).
+    Raises FileNotFoundError (missing weights/source; DatasetNotFoundError: no file of the source is readable; the
+    message names it), CheckpointError (not a model), StreamError (a stream that cannot be opened), DownloadError
+    (an image URL) and UsageError (a bad argument).
     """
     imgsz = imgsz[0] if isinstance(imgsz, list | tuple) else imgsz
     check_args(imgsz=(imgsz is None or imgsz >= 1, f"must be >= 1, got {imgsz}"),
@@ -135,6 +139,7 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
     streaming = isinstance(dataset, LoadStreams)
     # two a.jpg from different folders (or two streams ending in /live) must not share outputs
     stems = (output_stems if isinstance(dataset, LoadImages) else stream_stems)(dataset.files)
+    frames = from_first_readable(dataset, source) if isinstance(dataset, LoadImages) else iter(dataset)
     results, totals, writers = [], np.zeros(3), {}
     try:
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
@@ -142,7 +147,7 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
             (save_dir / "labels").mkdir(parents=True, exist_ok=True)
         names = detector.names
         detector.backend.warmup((1, 3, detector.imgsz, detector.imgsz))
-        for path, im, im0, cap, desc in dataset:
+        for path, im, im0, cap, desc in frames:
             times = [0.0, 0.0, 0.0]
             det = detector.detect(im0, None if slice else im, times).cpu().numpy()
             p = Path(path)
@@ -198,7 +203,40 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
         LOGGER.info(f"{nl} label{'s' * (nl != 1)} saved to {save_dir / 'labels'}")
     if save_txt or save_crop or not nosave:
         LOGGER.info(f"Results saved to {save_dir}")
+    skipped = getattr(dataset, "skipped", [])
+    if skipped:
+        LOGGER.warning(f"{len(skipped)} of {dataset.nf} input files could not be read and were skipped: "
+                       f"{listed(skipped)}")
     return results
+
+
+def listed(paths: list[str], limit: int = MAX_LISTED) -> str:
+    """The first ``limit`` of ``paths`` joined by ', ', then '... and N more'."""
+    more = len(paths) - limit
+    return ", ".join(paths[:limit]) + (f", ... and {more} more" if more > 0 else "")
+
+
+def from_first_readable(dataset: LoadImages, source: str | Path | list) -> Iterator:
+    """Iterate ``dataset`` from its first readable image or video frame, which is read here, before the run folder
+    exists. Raises DatasetNotFoundError (one line naming ``source`` and the files) when no file is readable; the
+    files skipped before the first readable one are then reported as the later ones are (one warning each)."""
+    dataset.warn = False  # a source with nothing readable gets one error line, not a warning per file first
+    items = iter(dataset)
+    first = next(items, None)
+    dataset.warn = True
+    if first is None:
+        raise DatasetNotFoundError(f"{source}: none of the {dataset.nf} input files could be read as an image or "
+                                   f"video: {listed(dataset.skipped)}")
+    for path in dataset.skipped:
+        LOGGER.warning(skipped_message(path))
+    return _resume(first, items)
+
+
+def _resume(first: tuple, items: Iterator) -> Iterator:
+    """``first``, then the rest of ``items`` (not itertools.chain: it calls iter(), which restarts LoadImages)."""
+    yield first
+    while (item := next(items, None)) is not None:
+        yield item
 
 
 def open_source(source: str | Path | list, detector: Detector, vid_stride: int = 1, stream_buffer: bool = False,

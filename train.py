@@ -57,6 +57,8 @@ from utils.train.builders import (  # noqa: E402
     finish,
     freeze_layers,
     interrupted_message,
+    plan_run_dir,
+    plot_tfl_auto_labels,
     resolve_tfl_auto,
     seed_epoch,
     setup_ddp,
@@ -162,13 +164,22 @@ def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
     batch_size = opt.batch_size // max(world_size, 1)
     main_process = rank in (-1, 0)
     train_loader, dataset, val_loader = build_loaders(opt, data, hyp, imgsz, gs, batch_size, local_rank, main_process)
+    tfl_auto = not opt.resume and opt.tfl == "auto"
+    if tfl_auto:
+        hyp = resolve_tfl_auto(hyp, dataset, imgsz)
+    save_dir = (plan_run_dir(opt) if main_process
+                else Path(getattr(opt, "save_dir", None) or Path(opt.project) / opt.name))
+    # --mlflow: the store is used (the run created or reopened) before anything is written; the run is named after
+    # the folder about to be created
+    mlflow = start_mlflow(opt, hyp, save_dir) if opt.mlflow and main_process else None
 
     # Every input is usable: the run folder, then what is written into it.
-    save_dir, lock = (create_run_dir(opt) if main_process
-                      else (Path(getattr(opt, "save_dir", None) or Path(opt.project) / opt.name), None))
+    lock = None
     try:
-        if not opt.resume and opt.tfl == "auto":
-            hyp = resolve_tfl_auto(hyp, dataset, imgsz, save_dir, plots=main_process and not opt.noplots)
+        if main_process:
+            save_dir, lock = create_run_dir(save_dir)
+        if tfl_auto and main_process and not opt.noplots:
+            plot_tfl_auto_labels(hyp, dataset, imgsz, save_dir)
         if main_process:
             start_run_files(save_dir, opt, hyp, dataset, names, model, imgsz, precision=precision.label)
             if advice:
@@ -193,9 +204,10 @@ def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
                 run.model = nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
             run.model = nn.parallel.DistributedDataParallel(
                 run.model, device_ids=[local_rank] if device.type == "cuda" else None)
-        run.logger = RunLogger(save_dir, names, mlflow=start_mlflow(opt, hyp, save_dir) if opt.mlflow else None) \
-            if main_process else None
+        run.logger = RunLogger(save_dir, names, mlflow=mlflow) if main_process else None
     except BaseException:
+        if mlflow is not None:
+            mlflow.end("FAILED")
         release_run_lock(lock)
         raise
     return run, state

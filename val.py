@@ -48,7 +48,7 @@ from utils.errors import DatasetError, UsageError  # noqa: E402
 from utils.eval.coco_eval import coco_evaluate, detections_to_coco_json, image_id_from_path, yolo_labels_to_coco  # noqa: E402
 from utils.eval.metrics import ConfusionMatrix, match_predictions, mean_results, pr_curves  # noqa: E402
 from utils.eval.size_metrics import SizeBucketStats, format_size_table, size_buckets  # noqa: E402
-from utils.infer.detector import default_imgsz, load_backend, warn_far_from_trained  # noqa: E402
+from utils.infer.detector import default_imgsz, load_backend, size_check, validation_input, warn_far_from_trained  # noqa: E402
 from utils.ops.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
 from utils.ops.nms import non_max_suppression  # noqa: E402
 from utils.plots import plot_confusion_matrix, plot_images, plot_metric_curves, plot_val_study  # noqa: E402
@@ -159,7 +159,7 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
     label), UsageError (a bad argument), ValueError (class count mismatch); each names the file or argument.
     """
     check_args(batch_size=(batch_size >= 1, f"must be >= 1, got {batch_size}"),
-               imgsz=(imgsz is None or imgsz >= 1, f"must be >= 1, got {imgsz}"),
+               imgsz=size_check(imgsz, bounded=model is None),
                conf_thres=(0 <= conf_thres <= 1, f"must be in [0, 1], got {conf_thres}"),
                iou_thres=(0 <= iou_thres <= 1, f"must be in [0, 1], got {iou_thres}"),
                max_det=(max_det >= 1, f"must be >= 1, got {max_det}"),
@@ -174,12 +174,12 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
         device = next(model.parameters()).device
         half &= device.type == "cuda"
         backend = None
-        imgsz = default_imgsz(imgsz, getattr(model, "train_imgsz", None))
+        imgsz, rect = default_imgsz(imgsz, getattr(model, "train_imgsz", None)), True
     else:
         backend = load_backend(weights, device=device, half=half)
         model, device = backend, backend.device
         tfl_s = tfl_s or (backend.hyp or {}).get("tfl_s")
-        imgsz = default_imgsz(imgsz, backend.train_imgsz)
+        imgsz, rect = validation_input(backend, default_imgsz(imgsz, backend.train_imgsz), weights)  # fixed: square
         warn_far_from_trained(imgsz, backend.train_imgsz, weights)
     stride = int(max(model.stride)) if hasattr(model, "stride") else 32
     nc = 1 if single_cls else int(data["nc"])
@@ -189,8 +189,8 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
         raise DatasetError(f"{weights} was trained for {backend.nc} classes but {data.get('yaml_file')} has {nc}: "
                          "pass --single-cls or the matching data YAML")
     if dataloader is None:  # labels are checked against the data's classes; single_cls collapses them afterwards
-        dataloader = create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=0.5, rect=True,
-                                       workers=workers, prefix=f"{split}: ", nc=int(data["nc"]))[0]
+        dataloader = create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=0.5 if rect else 0.0,
+                                       rect=rect, workers=workers, prefix=f"{split}: ", nc=int(data["nc"]))[0]
         ds = dataloader.dataset
         require_labels(ds.labels, ds.label_files, data[split], prefix=f"{split}: ")
     stems = output_stems(getattr(getattr(dataloader, "dataset", None), "im_files", ()))
@@ -356,9 +356,9 @@ def study(sizes: Sequence[int] = STUDY_SIZES, project: str | Path = ROOT / "runs
     each size bucket (original px², so the same objects at every size) and ``ms_per_image`` (pre-process +
     inference + NMS). Writes ``study.csv`` (those columns), ``study.png`` (mAP@.5, mAP@.5:.95 and the first,
     smallest bucket's mAP@.5 against the size) and ``imgsz<N>/metrics.json`` under project/name, created once the
-    first size's inputs are known usable; prints a table. Raises what :func:`run` raises.
+    first size's inputs are known usable (every size is checked first); prints a table. Raises what :func:`run` raises.
     """
-    check_args(study_sizes=(len(sizes) > 0 and min(sizes) >= 1, f"must be sizes >= 1 px, got {list(sizes)}"))
+    check_args(study_sizes=size_check(list(sizes)))
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     rows = []
     for s in sizes:

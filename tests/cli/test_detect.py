@@ -240,3 +240,43 @@ def test_output_stems_are_unique_and_independent_of_order():
     assert stems["/d/cam1/b.jpg"] == "b" and len(set(stems.values())) == 4
     assert all(re.fullmatch(r"a_[0-9a-f]{6}", stems[f]) for f in files if "/a." in f)
     assert output_stems(files[::-1]) == stems and output_stems(["/x/a.jpg"]) == {"/x/a.jpg": "a"}
+
+
+# ---------------------------------------------------------------------------------- hostile inputs
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG that declares w x h pixels (its data is a few bytes): OpenCV refuses it above 2^30 pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def test_a_source_with_nothing_readable_is_one_error_line(weights, tmp_path, capsys, caplog):
+    """Text named .jpg and a 60000x60000 PNG header: exit 1, one line naming the source and both files, no run
+    folder. With one readable image beside them: exit 0, that image done, the two skipped ones listed."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "notes.jpg").write_text("not a picture")
+    (src / "huge.png").write_bytes(_png_header(60000, 60000))
+    project = tmp_path / "runs"
+    with caplog.at_level(logging.WARNING):
+        assert main(["--weights", str(weights), "--source", str(src), "--project", str(project)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"detect.py: error: {src}: none of the 2 input files could be read as an image or video: {src / 'huge.png'}, "
+        f"{src / 'notes.jpg'}"]
+    assert not project.exists() and not caplog.records  # no per-file warnings before the error line
+
+    cv2.imwrite(str(src / "ok.jpg"), make_image(64, 80, 3))
+    with caplog.at_level(logging.WARNING):
+        assert main(["--weights", str(weights), "--source", str(src), "--project", str(project), "--imgsz", "64",
+                     "--save-txt"]) == 0
+    assert sorted(p.name for p in (project / "exp").iterdir()) == ["labels", "ok.jpg"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [f"could not be read as an image or video, skipped: {src / 'huge.png'}",
+                        f"could not be read as an image or video, skipped: {src / 'notes.jpg'}",
+                        f"2 of 3 input files could not be read and were skipped: {src / 'huge.png'}, "
+                        f"{src / 'notes.jpg'}"]

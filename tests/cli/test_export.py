@@ -109,3 +109,51 @@ def test_export_size_defaults_to_the_trained_size(tmp_path):
     assert out["metadata"]["imgsz"] == [96, 96] and out["metadata"]["train_imgsz"] == 96
     ox = load_backend(out["file"])
     assert ox.shape == [1, 3, 96, 96] and ox.train_imgsz == 96 and Detector(out["file"]).imgsz == 96
+
+
+def test_val_runs_a_fixed_size_export_at_its_size_with_square_batches(exported, tmp_path, caplog):
+    """val.py's rect batches are padded past a fixed export's size (64 px images -> 96 px inputs): val uses square
+    batches at the export size instead, says so in one line, and scores as the .pt does on the same batches."""
+    import val
+    from tests.helpers import tiny_dataset
+    from utils.dataset.dataloaders import create_dataloader
+
+    fixed = tmp_path / "fixed.onnx"
+    export.run(exported["pt"], imgsz=64, output=fixed)
+    data = tiny_dataset(tmp_path, n_train=2, n_val=6, imgsz=64)
+    kw = dict(data=str(data), single_cls=True, project=tmp_path, plots=False, workers=0, batch_size=4)
+    with caplog.at_level("WARNING", logger="val"):
+        got = val.run(weights=str(fixed), imgsz=128, name="onnx", **kw)
+    notices = [r.getMessage() for r in caplog.records if "fixed" in r.getMessage()]
+    assert notices == [f"{fixed}: exported at a fixed 64 px: using imgsz 64 with square batches (rect batches "
+                       "would exceed it)"]
+    square = create_dataloader(str(tmp_path / "ds" / "images" / "val"), 64, 4, 32, True, pad=0.0, rect=False,
+                               workers=0, nc=4)[0]
+    ref = val.run(weights=str(exported["pt"]), imgsz=64, name="pt", dataloader=square, **kw)
+    assert got["n_images"] == ref["n_images"] == 6 and got["n_gt"] == ref["n_gt"] > 0
+    for k in ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95"):
+        assert got[k] == pytest.approx(ref[k], abs=1e-3), k
+    assert got["metrics/mAP_0.5"] > 0  # the random model finds a few objects: the comparison is not 0 == 0
+
+
+def test_int8_data_without_readable_images_fails_before_any_file(exported, tmp_path, capsys):
+    """--int8 --data whose train images are missing (a missing folder, or a .txt list of missing files): one line,
+    and no .onnx written before it."""
+    import yaml
+
+    out = tmp_path / "m.onnx"
+    names = dict(enumerate(NAMES))
+    gone = tmp_path / "gone.yaml"
+    gone.write_text(yaml.safe_dump({"path": str(tmp_path / "nowhere"), "train": "images", "val": "images",
+                                    "names": names}))
+    (tmp_path / "list.txt").write_text("missing1.jpg\nmissing2.jpg\n")
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    listed = tmp_path / "listed.yaml"
+    listed.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "list.txt", "val": "notes.jpg",
+                                      "names": names}))
+    for data, why in ((gone, "dataset not found"), (listed, "none of the 2 calibration images")):
+        assert export.main(["--weights", str(exported["pt"]), "--imgsz", "64", "--output", str(out), "--int8",
+                            "--data", str(data)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("export.py: error: ") and why in err[0], err
+        assert not out.exists() and not list(tmp_path.glob("m*"))

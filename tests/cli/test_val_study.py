@@ -15,6 +15,7 @@ import torch
 import yaml
 
 import val
+from utils.infer.detector import MAX_IMGSZ
 
 # cls, x, y, w, h in original px of a 64 x 64 image; both are 'tiny' (area < 1024 px²)
 OBJECTS = ((1, 20.0, 20.0, 12.0, 12.0), (2, 44.0, 40.0, 10.0, 14.0))
@@ -91,7 +92,21 @@ def test_study_command_line(data, tmp_path, caplog, capsys):
     assert "    map50_tiny" in caplog.text and f"Results saved to {tmp_path / 'exp'}" in caplog.text  # the table
     capsys.readouterr()
     assert val.main([*args, "--study-sizes", "0", "64", "--name", "bad"]) == 1
-    assert capsys.readouterr().err.strip().splitlines() == ["val.py: error: --study-sizes must be sizes >= 1 px, "
-                                                            "got [0, 64]"]
+    assert capsys.readouterr().err.strip().splitlines() == [f"val.py: error: --study-sizes must be sizes in "
+                                                            f"[1, {MAX_IMGSZ}] px, got [0, 64]"]
     assert not (tmp_path / "bad").exists()
     assert val.get_args_parser().parse_args(["--weights", "w"]).study_sizes == list(range(256, 1537, 128))
+
+
+def test_study_sizes_are_bounded_before_anything_runs(data, tmp_path, capsys):
+    """A size OpenCV cannot allocate (99999 px: 30 GB) is refused with one line before the first size runs, so no
+    half study is left; val.run itself refuses the same sizes."""
+    args = ["--weights", "stub.pt", "--data", str(data), "--task", "study", "--batch-size", "2", "--workers", "0",
+            "--project", str(tmp_path), "--name", "big"]
+    assert val.main([*args, "--study-sizes", "64", "99999"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"val.py: error: --study-sizes must be sizes in [1, {MAX_IMGSZ}] px, got [64, 99999]"]
+    assert not (tmp_path / "big").exists()
+    assert val.main(["--weights", "stub.pt", "--data", str(data), "--imgsz", "99999", "--project", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == f"val.py: error: --imgsz must be in [1, {MAX_IMGSZ}] px, got 99999"
+    assert MAX_IMGSZ == 7168 and not list(tmp_path.glob("exp*"))

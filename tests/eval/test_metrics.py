@@ -236,3 +236,55 @@ def test_pr_curves_operating_point_consistent():
     i = curves.best_index
     assert curves.px[i] == curves.best_conf
     np.testing.assert_allclose(curves.summary()[2], curves.p[:, i])
+
+
+# --- hostile inputs: a label file with very many boxes ---------------------------------------------------------
+def _all_matchers(images) -> list[np.ndarray]:
+    """Every matcher's output on ``images``: match_predictions, the confusion matrix, each size bucket's per-image
+    (correct, keep) and the bucket table."""
+    from utils.eval.size_metrics import SizeBucketStats, match_predictions_in_range, size_buckets
+
+    out, cm, sizes = [], ConfusionMatrix(nc=8), SizeBucketStats(size_buckets("coco"), IOUV.tolist())
+    for d, lab in images:
+        out.append(match_predictions(d, lab, IOUV).numpy())
+        cm.process_batch(d, lab)
+        sizes.update(d, lab)
+        out += list(match_predictions_in_range(d, lab, IOUV, (0.0, 32.0**2)))
+    out.append(cm.matrix)
+    out += [np.array(list(r.values()), float) for r in sizes.compute(0.3).values()]
+    return out
+
+
+def test_many_labels_are_matched_in_bounded_blocks_with_identical_results(monkeypatch):
+    """10^4-10^6 boxes in one label file: no matcher asks for the whole (M, N) IoU matrix (at most
+    IOU_BLOCK_PAIRS values per box_iou call), and every result equals the one-block (dense) computation."""
+    import torchvision
+
+    import utils.ops.boxes
+
+    rng = np.random.default_rng(3)
+    det, lab = random_image(rng, 40, 30, nc=3)
+    xy = rng.uniform(0, 600, (30_000, 2))  # many more labels, some near copies of the first ones (contested)
+    extra = np.concatenate([rng.integers(0, 3, (30_000, 1)), xy, xy + rng.uniform(2, 40, (30_000, 2))], 1)
+    extra[:200, 1:] = lab[rng.integers(0, 30, 200), 1:].numpy() + rng.normal(0, 0.5, (200, 4))
+    big = [(det, torch.cat([lab, torch.tensor(extra, dtype=torch.float32)]))]
+    sizes, box_iou = [], torchvision.ops.box_iou
+
+    def recording_box_iou(a, b):
+        sizes.append(len(a) * len(b))
+        return box_iou(a, b)
+
+    monkeypatch.setattr(torchvision.ops, "box_iou", recording_box_iou)
+    blocked = _all_matchers(big)
+    assert max(sizes) <= utils.ops.boxes.IOU_BLOCK_PAIRS < len(det) * len(big[0][1])
+    monkeypatch.setattr(utils.ops.boxes, "IOU_BLOCK_PAIRS", 10**12)  # one block: the dense matrix
+    dense = _all_matchers(big)
+    assert max(sizes) == len(det) * len(big[0][1])
+    assert len(blocked) == len(dense) and all(np.array_equal(a, b, equal_nan=True) for a, b in zip(blocked, dense))
+    # ordinary images cut into blocks of a few detections: still identical
+    images = random_dataset(7, n_images=12)
+    monkeypatch.setattr(utils.ops.boxes, "IOU_BLOCK_PAIRS", 10**12)
+    dense = _all_matchers(images)
+    monkeypatch.setattr(utils.ops.boxes, "IOU_BLOCK_PAIRS", 20)
+    small = _all_matchers(images)
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(small, dense))

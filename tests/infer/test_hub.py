@@ -309,3 +309,29 @@ def test_hubconf_import_is_light_and_checks_packages(monkeypatch, weights):
     monkeypatch.setitem(sys.modules, "utils", fake)  # another hub repo's 'utils' already imported
     with pytest.raises(ImportError, match=r"a different 'utils' package is already imported \(from /elsewhere"):
         hub_load("custom", path=str(weights))
+
+
+def test_fixed_size_onnx_gives_detects_notice_once(weights, images, tmp_path, caplog):
+    """A fixed 64 px ONNX asked for size=256: the hub runs at 64 and says so once, in detect.py's words; its boxes
+    equal detect.py's (which does the same)."""
+    pytest.importorskip("onnxruntime")
+    import logging
+
+    import export
+
+    f = tmp_path / "fixed64.onnx"
+    export.run(weights, imgsz=64, output=f)
+    m = hub_load("custom", path=str(f), device="cpu")
+    im = str(images / "a.png")
+    with caplog.at_level(logging.WARNING):
+        r = m(im, size=256)
+        again = m(im, size=256)
+        at64 = m(im, size=64)
+    notices = [rec.getMessage() for rec in caplog.records if "fixed" in rec.getMessage()]
+    assert notices == [f"{f}: exported at a fixed 64 px: using imgsz 64"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        res = run(weights=f, source=im, imgsz=256, nosave=True, project=tmp_path)
+    assert [rec.getMessage() for rec in caplog.records if "fixed" in rec.getMessage()] == notices
+    assert_same_boxes(r.xyxy[0].numpy(), as_det(res[0]))
+    assert torch.equal(r.xyxy[0], again.xyxy[0]) and torch.equal(r.xyxy[0], at64.xyxy[0])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -183,3 +184,55 @@ def test_study_runs_is_interrupted_continues_and_prunes(tiny_data, tmp_path, cap
         "COMPLETE", "COMPLETE", "FAIL", "PRUNED"]
     assert yaml.safe_load((folder / "trial_003" / "hyp.yaml").read_text())["lr0"] == pytest.approx(
         trials[2].params["lr0"])
+
+
+# ------------------------------------------------------------------------------------------- hostile inputs
+@pytest.mark.parametrize("damage", ["bytes", "foreign_schema"])
+def test_a_damaged_study_db_is_one_line_naming_it(tiny_data, tmp_path, capsys, damage):
+    """study.db that is not a database, or holds a schema Optuna refuses: one line naming the file, exit 1, the
+    file untouched and nothing else written."""
+    import sqlite3
+
+    folder = tmp_path / "runs" / "study"
+    folder.mkdir(parents=True)
+    db = folder / STUDY_DB
+    if damage == "bytes":
+        db.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)))
+    else:
+        with sqlite3.connect(db) as c:  # another program's database
+            c.execute("create table alembic_version (version_num varchar(32))")
+            c.execute("insert into alembic_version values ('from-elsewhere')")
+        c.close()
+    before = db.read_bytes()
+    rc, err = evolve_main(capsys, tiny_data, tmp_path / "runs", "--evolve", "2", "--resume", str(folder))
+    assert rc == 1 and len(err) == 1, err
+    assert err[0].startswith(f"train.py: error: {db}: not a usable Optuna study database (")
+    assert err[0].endswith("); move it away to start a new study in this folder, or choose another --name")
+    assert db.read_bytes() == before and [p.name for p in folder.iterdir()] == [STUDY_DB]
+
+
+def test_ctrl_c_during_evolve_prints_only_the_resume_hint(tiny_data, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while a trial trains: exit 130 and the resume hint alone; Optuna's 'Trial 0 failed' warning with the
+    KeyboardInterrupt's traceback (~50 lines on stderr) is not logged. (A real SIGINT to a train.py process gives
+    the same KeyboardInterrupt in the training loop.)"""
+    import logging
+
+    def interrupt(*a, **kw):
+        raise KeyboardInterrupt
+
+    records: list[logging.LogRecord] = []
+    keep = logging.Handler()
+    keep.emit = records.append  # what Optuna's own stderr handler would print
+    optuna_root = logging.getLogger("optuna")
+    optuna_root.addHandler(keep)
+    monkeypatch.setattr(train, "train_one_epoch", interrupt)
+    project, folder = tmp_path / "runs", tmp_path / "runs" / "study"
+    try:
+        rc, err = evolve_main(capsys, tiny_data, project, "--evolve", "2")
+    finally:
+        optuna_root.removeHandler(keep)
+    assert rc == 130 and [x for x in err if x.startswith("train.py")] == [
+        f"train.py: evolve interrupted; {folder / STUDY_DB} keeps every finished trial (the interrupted one is "
+        f"marked FAIL and tried again first); continue with the same command plus --resume {folder}"]
+    assert not [r.getMessage() for r in records if r.exc_info], [r.getMessage() for r in records]
+    assert [t.state.name for t in load(folder).trials] == ["FAIL"]

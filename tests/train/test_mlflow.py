@@ -155,3 +155,17 @@ def test_mlflow_flag_without_mlflow_stops_before_creating_anything(tmp_path, mon
     assert rc == 1 and err == ["train.py: error: --mlflow: the mlflow package is not installed "
                                "(pip install mlflow-skinny)"], err
     assert not project.exists()
+
+
+def test_unusable_tracking_store_leaves_nothing_under_project(tmp_path, monkeypatch, capsys):
+    """The store is used before the first write: an unusable one is one line, and --project stays empty (no
+    hyp.yaml, opt.yaml, anchor reports or weights/ as before)."""
+    data = tiny_dataset(tmp_path, n_train=4, n_val=2, imgsz=64)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere")
+    project = tmp_path / "runs"
+    rc = train.main(["--data", str(data), "--project", str(project), "--imgsz", "64", "--epochs", "1",
+                     "--workers", "0", "--mlflow"])
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("train.py")]  # not tqdm's scan bars
+    assert rc == 1 and len(err) == 1, err
+    assert err[0].startswith("train.py: error: --mlflow: cannot start an MLflow run at nosuchscheme://nowhere (")
+    assert not project.exists()

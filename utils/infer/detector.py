@@ -13,6 +13,7 @@ obj, cls...]`` in input pixels, as float32.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,15 @@ from utils.dataset.augmentations import letterbox
 from utils.dataset.sources import imread
 from utils.downloads import attempt_download_weights
 from utils.errors import UserError
-from utils.infer.backends import Backend, OpenVinoBackend, TorchScriptBackend, decode_props, fit_fixed_input
+from utils.infer.backends import (
+    Backend,
+    OpenVinoBackend,
+    TorchScriptBackend,
+    decode_props,
+    fit_fixed_input,
+    fixed_side,
+    fixed_size_notice,
+)
 from utils.infer.slicing import sliced_detect
 from utils.ops.boxes import scale_boxes
 from utils.ops.nms import non_max_suppression
@@ -32,7 +41,30 @@ from utils.torch_utils import select_device, time_sync
 LOGGER = logging.getLogger(__name__)
 DEFAULT_IMGSZ = 640  # input px when the weights do not record their training size (official YOLOv5 weights: 640)
 FAR_FACTOR = 2.0  # an inference size more than this factor from the training size gets a warning
+# Largest validation size (input px): boxes then stay inside NMS's per-class offset (utils.ops.nms.MAX_WH = 7680 px)
+# with rect padding, and one 7168 px image is already 0.6 GB as float32 (99999 px asks OpenCV for 30 GB).
+MAX_IMGSZ = 7168
 _Backend = Backend  # its name before it moved to utils.infer.backends (stub backends in tests subclass it)
+
+
+def size_check(sizes: int | list[int] | None, bounded: bool = True) -> tuple[bool, str]:
+    """``utils.cli.check_args``'s (ok, requirement) for input sizes (px): each in [1, MAX_IMGSZ] (``bounded``, else
+    >= 1); None passes. A list (``--study-sizes``) must not be empty."""
+    many = isinstance(sizes, list)
+    ok = sizes is None or (len(sizes) > 0 if many else True) and all(
+        1 <= s <= (MAX_IMGSZ if bounded else math.inf) for s in (sizes if many else [sizes]))
+    what = "be sizes in" if many else "be in"
+    return ok, (f"must {what} [1, {MAX_IMGSZ}] px, got {sizes}" if bounded else f"must be >= 1, got {sizes}")
+
+
+def validation_input(backend: Backend, imgsz: int, weights: str | Path) -> tuple[int, bool]:
+    """(input px, rect batches) to validate ``backend`` with at ``imgsz``: rect batches as YOLOv5 does, except for a
+    model exported at a fixed size: its size with square batches (rect ones are padded past it), said in one line."""
+    fixed = fixed_side(backend)
+    if fixed is None:
+        return imgsz, True
+    LOGGER.warning(f"{fixed_size_notice(weights, fixed)} with square batches (rect batches would exceed it)")
+    return fixed, False
 
 
 def default_imgsz(requested: int | None, trained: int | None) -> int:
@@ -172,7 +204,7 @@ class Detector:
         if not self.backend.dynamic:
             fixed = self.backend.shape[2]
             if imgsz != fixed:
-                LOGGER.warning(f"{weights}: exported at a fixed {fixed} px: using imgsz {fixed}")
+                LOGGER.warning(fixed_size_notice(weights, fixed))
                 imgsz = fixed
         warn_far_from_trained(imgsz, self.backend.train_imgsz, weights)
         self.imgsz, self.conf_thres, self.iou_thres, self.max_det = imgsz, conf_thres, iou_thres, max_det

@@ -39,6 +39,7 @@ from utils.checkpoints import load_checkpoint, load_model, trained_imgsz, transf
 from utils.dataset.augmentations import letterbox
 from utils.dataset.sources import imread
 from utils.errors import UserError
+from utils.infer.backends import fixed_size_notice
 from utils.infer.detector import TorchBackend, default_imgsz, load_backend
 from utils.infer.results import Detections
 from utils.infer.slicing import sliced_detect
@@ -145,6 +146,7 @@ class AutoShape(nn.Module):
         self.names = dict(backend.names)
         self.stride = int(backend.stride.max())
         self.size = default_imgsz(size, backend.train_imgsz)
+        self._noticed: set[tuple[int, int]] = set()  # sizes a fixed-size export has overridden (said once each)
 
     def _apply(self, fn, *args, **kwargs):  # nn.Module.to / cuda / cpu / half go through here
         super()._apply(fn, *args, **kwargs)
@@ -159,14 +161,19 @@ class AutoShape(nn.Module):
 
     def input_shape(self, size: int | tuple[int, int] | list[int] | None) -> tuple[int, int]:
         """(h, w) input px for ``size`` (an int long side, or (h, w)), rounded up to multiples of the stride; the
-        fixed size of an ONNX model exported without ``--dynamic``. Raises ValueError for sizes < 1."""
+        fixed size of an ONNX model exported without ``--dynamic``, with detect.py's notice (once per size) when it
+        differs. Raises ValueError for sizes < 1."""
         size = self.size if size is None else size
         hw = (size, size) if isinstance(size, int | float) else tuple(size)
         if len(hw) != 2 or min(hw) < 1:
             raise UserError(f"size must be a positive int or (height, width) in input px, got {size!r}")
         out = tuple(int(np.ceil(v / self.stride) * self.stride) for v in hw)
         if not getattr(self.backend, "dynamic", True):
-            out = tuple(int(v) for v in self.backend.shape[2:])
+            fixed = tuple(int(v) for v in self.backend.shape[2:])
+            if out != fixed and out not in self._noticed:  # as detect.py: once (per size asked for)
+                self._noticed.add(out)
+                LOGGER.warning(fixed_size_notice(getattr(self.backend, "path", "model"), fixed))
+            out = fixed
         elif out != tuple(int(v) for v in hw):
             LOGGER.warning(f"size {size} is not a multiple of the stride {self.stride}: using {out}")
         return out
