@@ -2,7 +2,9 @@
 
 A data YAML holds ``path`` (dataset root), ``train``, ``val``, optional ``test`` (each a folder, a ``.txt`` list of
 image paths, a glob, or a list of those, relative to ``path``), ``names`` (list or ``{id: name}``) and/or ``nc``,
-and an optional ``download``. Only these kinds of ``download`` are supported, never code execution:
+an optional ``download`` and an optional ``protocol`` (the benchmark's evaluation protocol val.py uses by
+default: a name of ``utils.protocols.PROTOCOLS``). Only these kinds of ``download`` are supported, never code
+execution:
 - an ``http(s)://...zip`` URL, fetched with urllib and unzipped into the dataset root's parent folder;
 - ``synthetic`` or ``synthetic-aerial``: generate an embedded dataset with ``data/synthetic.py`` or
   ``data/synthetic_aerial.py`` into ``path``, with the generator options of the YAML's ``synthetic:`` mapping;
@@ -34,6 +36,7 @@ from typing import Any
 import yaml
 
 from utils.downloads import DownloadError, download_file
+from utils.protocols import PROTOCOLS
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")
@@ -239,6 +242,9 @@ def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict[st
             raise DatasetError(f"{src}: '{k}' is missing (a folder, .txt list or glob of images)")
     d["names"] = _names(d, src)
     d["nc"] = len(d["names"])
+    if d.get("protocol") is not None and d["protocol"] not in PROTOCOLS:
+        raise DatasetError(f"{src}: 'protocol' must be one of {', '.join(PROTOCOLS)} (val.py's evaluation "
+                           f"protocols), got {d['protocol']!r}")
     root = _dataset_root(d, yaml_file)
     d["path"], d["yaml_file"] = root, yaml_file
     for k in SPLITS:
