@@ -137,3 +137,29 @@ def test_merges_equal_sahis(metric, agnostic):
             mine = merge_boxes(t, groups, 0.5, ours_metric).numpy()
             assert mine.shape == theirs.shape
             np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kw", [dict(nms="nwd"), dict(merge="greedy-nmm", match="ios", match_thres=0.5),
+                                dict(merge="nmm", match="iou"), dict(merge="nms", match="nwd", match_thres=0.7)])
+def test_sliced_detect_with_each_choice_finds_each_tiny_object_once(kw):
+    from tests.test_slicing import TINY, SquareFinder, draw, match_each_once
+    from utils.slicing import sliced_detect
+
+    image = draw(np.zeros((2000, 2000, 3), np.uint8), TINY)
+    match_each_once(sliced_detect(image, SquareFinder(min_px=5), 640, 640, **kw), TINY, min_iou=0.99)
+
+
+def test_command_lines_and_the_hub_take_the_choices():
+    import detect
+    import val
+    from utils.hub import SETTINGS, AutoShape
+
+    argv = ["--weights", "w.pt", "--nms", "nwd", "--nwd-c", "8", "--slice-merge", "greedy-nmm", "--slice-match",
+            "ios", "--slice-match-thres", "0.5"]
+    d = vars(detect.get_args_parser().parse_args([*argv, "--source", "x.jpg"]))
+    v = val.run_kwargs(val.get_args_parser().parse_args(argv))
+    for kw in (d, v):
+        assert (kw["nms"], kw["nwd_c"], kw["slice_merge"], kw["slice_match"], kw["slice_match_thres"]) == (
+            "nwd", 8.0, "greedy-nmm", "ios", 0.5)
+    assert {"nms", "nwd_c", "slice_merge", "slice_match", "slice_match_thres"} <= set(SETTINGS)
+    assert (AutoShape.nms, AutoShape.slice_merge, AutoShape.slice_match) == ("iou", "nms", None)  # YOLOv5's
