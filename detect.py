@@ -5,6 +5,8 @@ Usage:
     python detect.py --weights best.pt --source 'imgs/*.jpg' --save-txt --save-conf
     python detect.py --weights best.onnx --source list.txt --imgsz 640             # ONNX Runtime
     python detect.py --weights best.pt --source big.tif --slice 640 --slice-overlap 0.2 --slice-full
+    python detect.py --weights best.pt --source big.tif --slice 640 --slice-merge greedy-nmm --slice-match ios
+    python detect.py --weights best.pt --source aerial/ --nms nwd --iou-thres 0.6       # NWD-NMS for tiny objects
     python detect.py --weights best.pt --source 0                                  # webcam 0 (Ctrl-C stops)
     python detect.py --weights best.pt --source rtsp://cam/live --vid-stride 5     # also rtmp://, http(s)://
     python detect.py --weights best.pt --source cams.streams                       # one stream URL a line
@@ -61,6 +63,7 @@ from utils.infer.streams import (  # noqa: E402
     stream_sources,
     stream_stems,
 )
+from utils.ops.box_merge import NWD_C, add_nms_arguments  # noqa: E402
 from utils.ops.boxes import xyxy2xywh  # noqa: E402
 from utils.run_dirs import increment_path  # noqa: E402
 
@@ -103,7 +106,9 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
         exist_ok: bool = False, line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False,
         half: bool = False, slice: int = 0, slice_overlap: float = 0.2, slice_full: bool = False,
         slice_batch: int = 8, vid_stride: int = 1, stream_buffer: bool = False, reconnects: int = 3,
-        reconnect_delay: float = 1.0, stream_timeout: float = 10.0) -> list[dict]:
+        reconnect_delay: float = 1.0, stream_timeout: float = 10.0, nms: str = "iou", nwd_c: float = NWD_C,
+        slice_merge: str = "nms", slice_match: str | None = None, slice_match_thres: float | None = None,
+        ) -> list[dict]:
     """Detect objects in ``source``; return one dict per image / video frame with keys ``path``, ``frame`` (video
     or stream frame number, or None), ``shape`` (h, w original px), ``boxes`` (n, 4) xyxy original px, ``scores``
     (n,), ``classes`` (n,), ``save_path`` (annotated file or None), ``txt_path`` (or None) and ``times_ms``
@@ -127,14 +132,18 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
                vid_stride=(vid_stride >= 1, f"must be >= 1, got {vid_stride}"),
                reconnects=(reconnects >= 0, f"must be >= 0, got {reconnects}"),
                reconnect_delay=(reconnect_delay >= 0, f"must be >= 0, got {reconnect_delay}"),
-               stream_timeout=(stream_timeout > 0, f"must be > 0, got {stream_timeout}"))
+               stream_timeout=(stream_timeout > 0, f"must be > 0, got {stream_timeout}"),
+               nwd_c=(nwd_c > 0, f"must be > 0 px, got {nwd_c}"),
+               slice_match_thres=(slice_match_thres is None or 0 <= slice_match_thres <= 1,
+                                  f"must be in [0, 1], got {slice_match_thres}"))
     if isinstance(source, str | Path) and not is_url(source) and not is_stream_source(source) \
             and "*" not in str(source) and not Path(source).exists():
         raise FileNotFoundError(f"source not found: {source} (expected an image, video, folder, glob, .txt list, "
                                 "camera index, stream URL or image URL)")
     detector = Detector(weights, imgsz, conf_thres, iou_thres, max_det, device, slice=slice,
                         slice_overlap=slice_overlap, slice_full=slice_full, slice_batch=slice_batch,
-                        classes=classes, agnostic=agnostic_nms, half=half)
+                        classes=classes, agnostic=agnostic_nms, half=half, nms=nms, nwd_c=nwd_c,
+                        slice_merge=slice_merge, slice_match=slice_match, slice_match_thres=slice_match_thres)
     dataset = open_source(source, detector, vid_stride, stream_buffer, reconnects, reconnect_delay, stream_timeout)
     streaming = isinstance(dataset, LoadStreams)
     # two a.jpg from different folders (or two streams ending in /live) must not share outputs
@@ -291,6 +300,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice-overlap", type=float, default=0.2, help="overlap of neighbouring tiles (fraction)")
     p.add_argument("--slice-full", action="store_true", help="also run the whole image downscaled when slicing")
     p.add_argument("--slice-batch", type=int, default=8, help="tiles per forward pass")
+    add_nms_arguments(p)
     return p
 
 

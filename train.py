@@ -38,6 +38,7 @@ from utils.advise.advise import apply_tiny_auto, save_advice  # noqa: E402
 from utils.checkpoints import load_checkpoint  # noqa: E402
 from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
 from utils.config.hyp import load_hyp  # noqa: E402
+from utils.dataset.aug_stats import lost_row, lost_warning  # noqa: E402
 from utils.dataset.copy_paste import check_paste_hyp  # noqa: E402
 from utils.eval.metrics import fitness  # noqa: E402
 from utils.loss.compute_loss import LOSS_NAMES, ComputeLoss  # noqa: E402
@@ -101,9 +102,10 @@ def train(opt: argparse.Namespace, on_val: Callable[[int, dict], bool] | None = 
             run.scheduler.step()
             stop = False
             if run.main_process:
+                lost = augmentation_losses(run, epoch)
                 results, fi = validate_epoch(run, epoch)
                 state.best_fitness = max(state.best_fitness, fi)
-                run.logger.log_epoch(epoch, epoch_row(mloss, results, run.optimizer))
+                run.logger.log_epoch(epoch, {**epoch_row(mloss, results, run.optimizer), **lost})  # lost: last
                 stop = run.stopper(epoch, fi)
                 if on_val is not None and results:
                     stop = bool(on_val(epoch, results)) or stop
@@ -271,6 +273,19 @@ def optimizer_step(run: Run) -> None:
     run.scaler.update()
     run.optimizer.zero_grad()
     run.ema.update(run.model)
+
+
+def augmentation_losses(run: Run, epoch: int) -> dict[str, float]:
+    """The epoch's labels lost to augmentation per size bucket (utils/dataset/aug_stats.py), as results.csv/TensorBoard
+    columns; one warning line when more than 5 % of the tiny ones were lost."""
+    counter = getattr(run.dataset, "aug_lost", None)
+    if counter is None:
+        return {}
+    seen, lost = counter.take()
+    message = lost_warning(seen, lost, run.hyp.scale, run.hyp.aug_min_side, epoch)
+    if message:
+        LOGGER.warning(message)
+    return lost_row(seen, lost)
 
 
 def validate_epoch(run: Run, epoch: int) -> tuple[dict, float]:

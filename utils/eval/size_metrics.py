@@ -22,12 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from utils.config.protocols import AITOD_NAMES, AITOD_SIDES
 from utils.eval.metrics import compute_ap
 from utils.ops.boxes import box_area, box_iou, iou_block_slices
 
 DEFAULT_IOUV = np.linspace(0.5, 0.95, 10)
-AITOD_SIDES = (0, 8, 16, 32, 64, math.inf)  # AI-TOD: sqrt(area) edges in pixels
-AITOD_NAMES = ("very_tiny", "tiny", "small", "medium", "large")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from utils.infer.backends import (
     fixed_size_notice,
 )
 from utils.infer.slicing import sliced_detect
+from utils.ops.box_merge import MATCH_METRICS, MERGE_METHODS, NMS_METHODS, NWD_C, check_choice
 from utils.ops.boxes import scale_boxes
 from utils.ops.nms import non_max_suppression
 from utils.torch_utils import select_device, time_sync
@@ -185,7 +186,9 @@ class Detector:
 
     ``image`` is an HWC uint8 BGR array (OpenCV order) or a path; boxes come back as (n, 4) float32 xyxy in
     original-image pixels, scores (n,) float32, classes (n,) int64, by decreasing score. ``slice`` > 0 runs sliced
-    inference with tiles of that many original pixels (``slice_full`` adds the whole image downscaled). ``imgsz``
+    inference with tiles of that many original pixels (``slice_full`` adds the whole image downscaled; the tiles
+    are combined by ``slice_merge`` on ``slice_match``, utils/infer/slicing.py). ``nms``: 'iou' or 'nwd' (``nwd_c`` px,
+    ``iou_thres`` is then the NWD threshold). ``imgsz``
     (input px) defaults to the size the weights were trained at (:func:`default_imgsz`); a size more than 2x from
     it is warned about.
     """
@@ -193,7 +196,8 @@ class Detector:
     def __init__(self, weights: str | Path, imgsz: int | None = None, conf_thres: float = 0.25, iou_thres: float = 0.45,
                  max_det: int = 300, device: str | torch.device = "", slice: int = 0, slice_overlap: float = 0.2,
                  slice_full: bool = False, slice_batch: int = 8, classes: list[int] | None = None,
-                 agnostic: bool = False, half: bool = False):
+                 agnostic: bool = False, half: bool = False, nms: str = "iou", nwd_c: float = NWD_C,
+                 slice_merge: str = "nms", slice_match: str | None = None, slice_match_thres: float | None = None):
         self.backend = load_backend(weights, device=device, half=half)
         self.stride = int(self.backend.stride.max())
         imgsz = default_imgsz(imgsz, self.backend.train_imgsz)
@@ -211,6 +215,10 @@ class Detector:
         self.slice, self.slice_overlap, self.slice_full, self.slice_batch = slice, slice_overlap, slice_full, \
             slice_batch
         self.classes, self.agnostic = classes, agnostic
+        self.nms, self.nwd_c = check_choice("nms", nms, NMS_METHODS), nwd_c
+        self.slice_merge = check_choice("slice merge", slice_merge, MERGE_METHODS)
+        self.slice_match = None if slice_match is None else check_choice("slice match", slice_match, MATCH_METRICS)
+        self.slice_match_thres = slice_match_thres
         self.names = self.backend.names
 
     def detect(self, im0: np.ndarray, im: np.ndarray | None = None,
@@ -226,7 +234,9 @@ class Detector:
         if self.slice:
             return sliced_detect(im0, self.backend, self.imgsz, self.slice, self.slice_overlap, self.slice_full,
                                  self.slice_batch, self.conf_thres, self.iou_thres, self.classes, self.agnostic,
-                                 self.max_det, device=self.backend.device, times=times)
+                                 self.max_det, device=self.backend.device, times=times, nms=self.nms,
+                                 merge=self.slice_merge, match=self.slice_match, match_thres=self.slice_match_thres,
+                                 nwd_c=self.nwd_c)
         t0 = time_sync()
         if im is None:
             im = letterbox(im0, self.imgsz, stride=self.stride, auto=self.backend.dynamic)[0].transpose(2, 0, 1)[::-1]
@@ -235,7 +245,7 @@ class Detector:
         pred = self.backend(x)
         t2 = time_sync()
         det = non_max_suppression(pred, self.conf_thres, self.iou_thres, self.classes, self.agnostic,
-                                  max_det=self.max_det)[0]
+                                  max_det=self.max_det, method=self.nms, nwd_c=self.nwd_c)[0]
         scale_boxes(x.shape[2:], det[:, :4], im0.shape[:2])
         t3 = time_sync()
         for i, t in enumerate((t1 - t0, t2 - t1, t3 - t2)):

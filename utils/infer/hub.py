@@ -43,6 +43,7 @@ from utils.infer.backends import fixed_size_notice
 from utils.infer.detector import TorchBackend, default_imgsz, load_backend
 from utils.infer.results import Detections
 from utils.infer.slicing import sliced_detect
+from utils.ops.box_merge import NWD_C
 from utils.ops.boxes import scale_boxes
 from utils.ops.nms import non_max_suppression
 from utils.torch_utils import select_device, time_sync
@@ -51,7 +52,8 @@ LOGGER = logging.getLogger(__name__)
 MODEL_NAMES = tuple(f"yolov5{s}{p6}" for p6 in ("", "6") for s in "nsmlx")  # hubconf entries with official weights
 URL_TIMEOUT_S = 30.0
 SETTINGS = ("conf", "iou", "agnostic", "multi_label", "classes", "max_det", "size", "batch_size", "slice",
-            "slice_overlap", "slice_full", "slice_batch")  # AutoShape attributes the builders accept by name
+            "slice_overlap", "slice_full", "slice_batch", "nms", "nwd_c", "slice_merge", "slice_match",
+            "slice_match_thres")  # AutoShape attributes the builders accept by name
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
@@ -122,7 +124,10 @@ class AutoShape(nn.Module):
     ``agnostic`` (class-agnostic NMS), ``multi_label`` (one box per passing class; not with slicing), ``classes``
     (keep only these ids, or None), ``max_det``, ``size`` (default inference size, input px: the size the weights
     were trained at, else 640), ``batch_size`` (images per forward), ``slice`` (tile size in original px, 0 = off),
-    ``slice_overlap``, ``slice_full`` (add the whole image downscaled), ``slice_batch`` (tiles per forward).
+    ``slice_overlap``, ``slice_full`` (add the whole image downscaled), ``slice_batch`` (tiles per forward),
+    ``nms`` ('iou' or 'nwd': NWD NMS, ``iou`` is then its threshold), ``nwd_c`` (NWD's constant, px),
+    ``slice_merge`` ('nms', 'nmm', 'greedy-nmm'), ``slice_match`` ('iou', 'ios', 'nwd'; None: as ``nms``) and
+    ``slice_match_thres`` (None: ``iou``), as utils/infer/slicing.py.
     ``.to(device)`` / ``.cuda()`` / ``.cpu()`` / ``.half()`` move a PyTorch model and are followed by the inputs.
     """
 
@@ -137,6 +142,11 @@ class AutoShape(nn.Module):
     slice_overlap = 0.2
     slice_full = False
     slice_batch = 8
+    nms = "iou"
+    nwd_c = NWD_C
+    slice_merge = "nms"
+    slice_match: str | None = None
+    slice_match_thres: float | None = None
 
     def __init__(self, backend: Any, size: int | None = None):
         super().__init__()
@@ -185,7 +195,7 @@ class AutoShape(nn.Module):
 
     def _nms(self, pred: torch.Tensor) -> list[torch.Tensor]:
         return non_max_suppression(pred, self.conf, self.iou, self.classes, self.agnostic, self.multi_label,
-                                   max_det=self.max_det)
+                                   max_det=self.max_det, method=self.nms, nwd_c=self.nwd_c)
 
     @torch.no_grad()
     def forward(self, ims: ImageInput | list | tuple | torch.Tensor, size: int | tuple[int, int] | None = None,
@@ -221,7 +231,8 @@ class AutoShape(nn.Module):
         bgr = np.ascontiguousarray(rgb[..., ::-1])
         return sliced_detect(bgr, self.backend, imgsz, tile, overlap, self.slice_full, self.slice_batch, self.conf,
                              self.iou, self.classes, self.agnostic, self.max_det, device=self.backend.device,
-                             times=times)
+                             times=times, nms=self.nms, merge=self.slice_merge, match=self.slice_match,
+                             match_thres=self.slice_match_thres, nwd_c=self.nwd_c)
 
     def _batched(self, rgb: list[np.ndarray], shape: tuple[int, int],
                  times: list[float]) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
