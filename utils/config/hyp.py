@@ -281,16 +281,24 @@ def load_hyp(source: str | Path | dict | Hyp | None = None, overrides: dict | li
     return _validated(values, source_of)
 
 
-def _read_file(source: str | Path) -> tuple[str, dict]:
+def read_config_yaml(source: str | Path, error: type[UserError], what: str) -> tuple[Path, Any]:
+    """Read a YAML file given by path, or by name from ``hyp/`` (hyp files, the --evolve space, the --tiny auto
+    rules): ``(path, parsed content)``. ``error(...)`` with one line naming the file when it is missing or not
+    valid YAML; the caller checks the content's shape."""
     path = Path(source)
-    if not path.exists() and (HYP_DIR / path.name).exists():
+    if not path.is_file() and (HYP_DIR / path.name).is_file():
         path = HYP_DIR / path.name
     if not path.is_file():
-        raise HypError(f"hyperparameter file not found: {source}")
+        raise error(f"{what} not found: {source}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return path, yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise HypError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def _read_file(source: str | Path) -> tuple[str, dict]:
+    path, data = read_config_yaml(source, HypError, "hyperparameter file")
+    data = data or {}
     if not isinstance(data, dict):
         raise HypError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
     return str(path), data

@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from utils.config.hyp import HYP_DIR, HypError, load_hyp
+from utils.config.hyp import HYP_DIR, HypError, load_hyp, read_config_yaml
 from utils.errors import UserError
 
 DEFAULT_RULES = HYP_DIR / "tiny_auto.yaml"
@@ -135,16 +133,8 @@ def load_tiny_rules(source: str | Path | dict | None = None) -> TinyRules:
     if isinstance(source, dict):
         src, data = "<dict>", source
     else:
-        path = Path(source or DEFAULT_RULES)
-        if not path.exists() and (HYP_DIR / path.name).exists():
-            path = HYP_DIR / path.name
+        path, data = read_config_yaml(source or DEFAULT_RULES, TinyRulesError, "rule file")
         src = str(path)
-        if not path.is_file():
-            raise TinyRulesError(f"{src}: rule file not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise TinyRulesError(f"{src}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise TinyRulesError(f"{src}: expected a mapping of key: value, got {type(data).__name__}")
     unknown = [k for k in data if k not in (*TOP_KEYS, "options")]

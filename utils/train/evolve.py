@@ -43,7 +43,7 @@ import numpy as np
 import yaml
 
 from utils.atomic import atomic_write_text
-from utils.config.hyp import HYP_DIR, SPECS, Hyp, HypError, coerce, load_hyp
+from utils.config.hyp import SPECS, Hyp, HypError, coerce, load_hyp, read_config_yaml
 from utils.errors import UsageError, UserError
 from utils.eval.metrics import fitness
 from utils.run_dirs import increment_path
@@ -83,15 +83,7 @@ def load_space(path: str | Path) -> dict[str, Param]:
     """Read and check a search-space YAML against the Hyp declarations. Raises HypError (one line naming the file
     and key): unknown key, list-valued key, bad form, unknown choice, empty range (lo >= hi) or a bound outside the
     key's declared range."""
-    path = Path(path)
-    if not path.is_file() and (HYP_DIR / path.name).is_file():
-        path = HYP_DIR / path.name
-    if not path.is_file():
-        raise HypError(f"search space file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise HypError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    path, data = read_config_yaml(path, HypError, "search space file")
     if not isinstance(data, dict) or not data:
         raise HypError(f"{path}: expected a mapping 'key: [lo, hi]' or 'key: [choice, ...]' with at least one key")
     for key in data:
