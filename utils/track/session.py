@@ -17,7 +17,7 @@ from utils.track.tracker import Tracker
 def check_trackable(source: str | Path, n_images: int, n_videos: int, streaming: bool) -> None:
     """Raise UsageError unless the source has frames to follow: a video, a stream, or at least 2 images."""
     if not streaming and not n_videos and n_images < 2:
-        raise UsageError(f"--track needs a video, a stream or a folder of frames; {source} is a single image")
+        raise UsageError(f"--track needs a video, a stream or a folder of frames; {source} gives a single image")
 
 
 class TrackSession:
