@@ -3,8 +3,9 @@ distance, each with and without camera-motion compensation, on several generator
 
 The tracker is fed the ground truth made noisy by ``simulate_detections`` (misses, false positives, jitter, scores
 that fall with size), not a trained detector: the study measures association, on one CPU core. Scores come from
-motmetrics (MOTA, IDF1, ID switches; boxes matched at IoU >= 0.5). Speed is the tracker's own frames per second
-(``Tracker.update`` with camera-motion estimation, without rendering or detection).
+motmetrics (MOTA, IDF1, ID switches; boxes matched at IoU >= 0.5) and TrackEval (HOTA; NaN when not installed).
+Speed is the tracker's own frames per second (``Tracker.update`` with camera-motion estimation, without rendering
+or detection), in CPU time of one thread.
 
 Usage:
     python experiments/track_study.py --seeds 0 1 2 --frames 150 --out runs/track-study
@@ -29,7 +30,7 @@ if str(ROOT) not in sys.path:
 
 from data.synthetic_track import STREAM, TrackParams, make_sequence, simulate_detections  # noqa: E402
 from utils.plots import color  # noqa: E402
-from utils.track.evaluate import accumulate, summarise  # noqa: E402
+from utils.track.evaluate import accumulate, hota, summarise  # noqa: E402
 from utils.track.tracker import Tracker  # noqa: E402
 
 VARIANTS = {f"{a}{'+' + cmc if cmc else ''}": {"association": a, "camera_motion": bool(cmc),
@@ -99,11 +100,12 @@ def study(seeds: list[int], p: TrackParams, variants: dict[str, dict], strip: Pa
             if strip is not None and seed == seeds[0] and name == STRIP_VARIANT:
                 save_strip(strip, frame_strip(list(frames), pred, [20, 26, 32, 38]))
             m = summarise({name: accumulate(gt, pred)})[name]
-            out.append({"variant": name, "seed": seed, "idf1": 100 * m["idf1"], "mota": 100 * m["mota"],
-                        "idsw": m["num_switches"], "fps": fps})
+            h = (hota({name: gt}, {name: pred}) or {name: {"hota": np.nan}})[name]
+            out.append({"variant": name, "seed": seed, "hota": 100 * h["hota"], "idf1": 100 * m["idf1"],
+                        "mota": 100 * m["mota"], "idsw": m["num_switches"], "fps": fps})
             r = out[-1]
-            print(f"  {name:<11} IDF1 {r['idf1']:5.1f}  MOTA {r['mota']:5.1f}  IDsw {r['idsw']:4.0f}  {fps:6.0f} FPS",
-                  flush=True)
+            print(f"  {name:<13} HOTA {r['hota']:5.1f}  IDF1 {r['idf1']:5.1f}  MOTA {r['mota']:5.1f}  "
+                  f"IDsw {r['idsw']:4.0f}  {fps:6.0f} FPS", flush=True)
     return out
 
 
@@ -111,16 +113,16 @@ def report(runs: list[dict], variants: list[str]) -> str:
     """Markdown table: mean over seeds of each metric, and the paired (per-seed) IDF1 difference to the baseline."""
     seeds = sorted({r["seed"] for r in runs})
     by = {(r["variant"], r["seed"]): r for r in runs}
-    lines = ["| association | camera motion | IDF1 | ΔIDF1 vs IoU (paired, min..max) | MOTA | ID switches | FPS | "
-             "FPS / IoU's |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| association | camera motion | HOTA | ΔHOTA vs IoU (paired, min..max) | IDF1 | ΔIDF1 | MOTA | "
+             "ID switches | FPS | FPS / IoU's |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     base_fps = np.mean([by[(BASELINE, s)]["fps"] for s in seeds])
     for v in variants:
         rs = [by[(v, s)] for s in seeds]
-        d = np.array([by[(v, s)]["idf1"] - by[(BASELINE, s)]["idf1"] for s in seeds])
-        mean = {k: float(np.mean([r[k] for r in rs])) for k in ("idf1", "mota", "idsw", "fps")}
-        lines.append(f"| {v.split('+')[0]} | {v.split('+')[1] if '+' in v else 'none'} | {mean['idf1']:.1f} | "
-                     f"{d.mean():+.1f} ({d.min():+.1f}..{d.max():+.1f}) | {mean['mota']:.1f} | {mean['idsw']:.0f} | "
-                     f"{mean['fps']:.0f} | {mean['fps'] / base_fps:.2f} |")
+        dh, di = (np.array([by[(v, s)][k] - by[(BASELINE, s)][k] for s in seeds]) for k in ("hota", "idf1"))
+        mean = {k: float(np.mean([r[k] for r in rs])) for k in ("hota", "idf1", "mota", "idsw", "fps")}
+        lines.append(f"| {v.split('+')[0]} | {v.split('+')[1] if '+' in v else 'none'} | {mean['hota']:.1f} | "
+                     f"{dh.mean():+.1f} ({dh.min():+.1f}..{dh.max():+.1f}) | {mean['idf1']:.1f} | {di.mean():+.1f} | "
+                     f"{mean['mota']:.1f} | {mean['idsw']:.0f} | {mean['fps']:.0f} | {mean['fps'] / base_fps:.2f} |")
     return "\n".join(lines) + f"\n\nSeeds {seeds}, means over seeds.\n"
 
 

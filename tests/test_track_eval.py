@@ -10,7 +10,7 @@ from data.convert_visdrone_mot import convert, parse_mot_annotation
 from data.convert_visdrone_mot import main as convert_main
 from data.synthetic_track import TrackParams, make_sequence, simulate_detections
 from utils.errors import DatasetError
-from utils.track.evaluate import accumulate, evaluate_files, main, summarise
+from utils.track.evaluate import accumulate, evaluate_files, hota, main, summarise
 from utils.track.mot import MotFileError, mot_rows, read_mot, write_mot
 
 mm = pytest.importorskip("motmetrics")
@@ -47,6 +47,23 @@ def test_evaluator_matches_hand_worked_values_on_3_tracks():
     shifted[0, 2:6] += [6, 0, 6, 0]  # track 1 in frame 1 moved to IoU (3 x 10) / (17 x 10) with A
     m2 = summarise({"s": accumulate(gt, shifted)})["s"]
     assert m2["num_misses"] == 2 and m2["num_false_positives"] == 3
+
+
+def test_hota_matches_hand_worked_values_on_3_tracks():
+    pytest.importorskip("trackeval")
+    gt, pred = fixture_3_tracks()
+    exact = pred.copy()  # the same tracks with the ground-truth boxes: IoU 1, so every threshold agrees
+    for r in exact:
+        if r[1] != 5:
+            gid = {1: 1, 2: 2, 4: 2, 3: 3}[int(r[1])]
+            r[2:6] = gt[(gt[:, 0] == r[0]) & (gt[:, 1] == gid)][0, 2:6]
+    h = hota({"s": gt}, {"s": exact})["s"]
+    # DetA = TP / (TP + FN + FP) = 11 / (11 + 1 + 2); AssA: A-1 4 TPs x 4/4, B-2 and B-4 2 TPs each x 2/4,
+    # C-3 3 TPs x 3/4 -> (4 + 1 + 1 + 2.25) / 11 = 0.75; HOTA = sqrt(DetA * AssA)
+    assert h["deta"] == pytest.approx(11 / 14) and h["assa"] == pytest.approx(0.75)
+    assert h["hota"] == pytest.approx(np.sqrt(11 / 14 * 0.75))
+    two = hota({"a": gt, "b": gt}, {"a": exact, "b": gt})
+    assert two["b"]["hota"] == pytest.approx(1.0) and two["a"]["hota"] < two["OVERALL"]["hota"] < 1
 
 
 def test_mot_files_round_trip_and_parse_with_motmetrics(tmp_path):

@@ -1,5 +1,6 @@
 """Score tracking results with motmetrics (py-motmetrics): MOTA, IDF1, ID switches and the rest of its
-MOTChallenge set. Boxes are matched to ground truth at IoU >= 0.5 (MOTChallenge's rule).
+MOTChallenge set, boxes matched to ground truth at IoU >= 0.5 (MOTChallenge's rule). When TrackEval (``pip install
+trackeval``) is installed, HOTA, DetA and AssA are added (TrackEval's HOTA over IoU thresholds 0.05-0.95).
 
 Usage:
     python -m utils.track.evaluate --gt runs/track-bench/seq0/gt/gt.txt --pred runs/detect/exp/tracks/seq0.txt
@@ -44,6 +45,45 @@ def accumulate(gt: np.ndarray, pred: np.ndarray, iou: float = 0.5):
     return acc
 
 
+def _trackeval_hota():
+    """TrackEval's HOTA metric class, or None when TrackEval is not installed."""
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints about optional dataset readers on import
+            from trackeval.metrics import HOTA
+    except ImportError:
+        return None
+    return HOTA
+
+
+def hota(gts: dict[str, np.ndarray], preds: dict[str, np.ndarray]) -> dict[str, dict[str, float]] | None:
+    """{sequence: (n, 7) rows} of ground truth and predictions (as ``accumulate``) -> {sequence (and 'OVERALL' for
+    several): {'hota', 'deta', 'assa'}} in [0, 1], averaged over TrackEval's IoU thresholds; None without
+    TrackEval. Similarities are IoUs; ground-truth rows with conf 0 are ignored."""
+    cls = _trackeval_hota()
+    if cls is None:
+        return None
+    metric, res = cls(), {}
+    for seq, gt in gts.items():
+        gt, pred = gt[gt[:, 6] != 0], preds[seq]
+        gmap = {v: i for i, v in enumerate(np.unique(gt[:, 1]))}
+        tmap = {v: i for i, v in enumerate(np.unique(pred[:, 1]))}
+        data: dict = {"num_gt_dets": len(gt), "num_tracker_dets": len(pred), "num_gt_ids": len(gmap),
+                      "num_tracker_ids": len(tmap), "gt_ids": [], "tracker_ids": [], "similarity_scores": []}
+        for f in np.union1d(gt[:, 0], pred[:, 0]):
+            g, p = gt[gt[:, 0] == f], pred[pred[:, 0] == f]
+            data["gt_ids"].append(np.array([gmap[v] for v in g[:, 1]], int))
+            data["tracker_ids"].append(np.array([tmap[v] for v in p[:, 1]], int))
+            data["similarity_scores"].append(pairwise_iou(g[:, 2:6], p[:, 2:6]))
+        res[seq] = metric.eval_sequence(data)
+    if len(res) > 1:
+        res["OVERALL"] = metric.combine_sequences(res)
+    return {k: {"hota": float(np.mean(r["HOTA"])), "deta": float(np.mean(r["DetA"])),
+                "assa": float(np.mean(r["AssA"]))} for k, r in res.items()}
+
+
 def summarise(accs: dict[str, object]) -> dict[str, dict[str, float]]:
     """{sequence: accumulator} -> {sequence or 'OVERALL': {metric: value}} for ``METRICS``."""
     import motmetrics as mm
@@ -64,20 +104,27 @@ def evaluate_files(gt: str | Path, pred: str | Path, iou: float = 0.5) -> dict[s
     if gt.is_file():
         if not pred.is_file():
             raise UserError(f"{pred}: expected a prediction file, as --gt is a file")
-        return summarise({gt.parent.parent.name if gt.name == "gt.txt" else gt.stem:
-                          accumulate(read_mot(gt), read_mot(pred), iou)})
-    seqs = {p.parent.parent.name: p for p in sorted(gt.glob("*/gt/gt.txt"))} or {
-        p.stem: p for p in sorted(gt.glob("*.txt"))}
-    if not seqs:
-        raise UserError(f"{gt}: no ground truth (<seq>/gt/gt.txt or <seq>.txt)")
-    missing = [s for s in seqs if not (pred / f"{s}.txt").is_file()]
-    if missing:
-        raise UserError(f"{pred}: no prediction file for sequence(s) {missing} (expected <seq>.txt)")
-    return summarise({s: accumulate(read_mot(g), read_mot(pred / f"{s}.txt"), iou) for s, g in seqs.items()})
+        pairs = {gt.parent.parent.name if gt.name == "gt.txt" else gt.stem: (gt, pred)}
+    else:
+        seqs = {p.parent.parent.name: p for p in sorted(gt.glob("*/gt/gt.txt"))} or {
+            p.stem: p for p in sorted(gt.glob("*.txt"))}
+        if not seqs:
+            raise UserError(f"{gt}: no ground truth (<seq>/gt/gt.txt or <seq>.txt)")
+        missing = [s for s in seqs if not (pred / f"{s}.txt").is_file()]
+        if missing:
+            raise UserError(f"{pred}: no prediction file for sequence(s) {missing} (expected <seq>.txt)")
+        pairs = {s: (g, pred / f"{s}.txt") for s, g in seqs.items()}
+    gts = {s: read_mot(g) for s, (g, _) in pairs.items()}
+    preds = {s: read_mot(p) for s, (_, p) in pairs.items()}
+    out = summarise({s: accumulate(gts[s], preds[s], iou) for s in pairs})
+    for seq, h in (hota(gts, preds) or {}).items():
+        out[seq].update(h)
+    return out
 
 
 def format_table(summary: dict[str, dict[str, float]]) -> str:
-    cols = ("mota", "idf1", "num_switches", "num_false_positives", "num_misses", "num_objects")
+    cols = ("hota", "mota", "idf1", "num_switches", "num_false_positives", "num_misses", "num_objects")
+    cols = tuple(c for c in cols if all(c in m for m in summary.values()))
     lines = [f"{'sequence':<20}" + "".join(f"{c:>20}" for c in cols)]
     for seq, m in summary.items():
         lines.append(f"{seq:<20}" + "".join(f"{m[c]:>20.4g}" for c in cols))
