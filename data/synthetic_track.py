@@ -22,6 +22,7 @@ Layout written by ``write_sequence``: ``root/<name>/img1/000001.jpg ...``, ``gt/
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +30,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-try:
-    from data import aerial_scene as scene
-    from data import synthetic_aerial as aerial
-except ImportError:  # run as a script: data/ is on sys.path, not the repository
-    import aerial_scene as scene
-    import synthetic_aerial as aerial
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: the repository root is needed for utils/
+    sys.path.insert(0, str(ROOT))
+
+from data import aerial_scene as scene  # noqa: E402
+from data import synthetic_aerial as aerial  # noqa: E402
+from utils.track.mot import gt_rows, write_mot  # noqa: E402
+
 STREAM = 0x7AC  # seeds are (seed, STREAM, ...): independent of the image generators' streams
 
 
@@ -205,8 +206,6 @@ def simulate_detections(gt: np.ndarray, rng: np.random.Generator, size: int, fp_
 def write_sequence(root: str | Path, p: TrackParams, seed: int, jpeg_quality: int = 92) -> Path:
     """Write sequence ``seed`` as ``root/synthetic-track-<seed>/`` (frames, gt/gt.txt, det/det.txt of
     ``simulate_detections``, seqinfo.ini); returns that folder."""
-    from utils.track.mot import gt_rows, write_mot  # data/ may use utils; imported here to keep the script light
-
     seq = Path(root) / f"synthetic-track-{seed}"
     (seq / "img1").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng((seed, STREAM, 1))
