@@ -5,6 +5,8 @@ Usage:
     python detect.py --weights best.pt --source 'imgs/*.jpg' --save-txt --save-conf
     python detect.py --weights best.onnx --source list.txt --imgsz 640             # ONNX Runtime
     python detect.py --weights best.pt --source big.tif --slice 640 --slice-overlap 0.2 --slice-full
+    python detect.py --weights best.pt --source big.tif --slice 640 --slice-merge greedy-nmm --slice-match ios
+    python detect.py --weights best.pt --source aerial/ --nms nwd --iou-thres 0.6       # NWD-NMS for tiny objects
     python detect.py --weights best.pt --source 0                                  # webcam 0 (Ctrl-C stops)
     python detect.py --weights best.pt --source rtsp://cam/live --vid-stride 5     # also rtmp://, http(s)://
     python detect.py --weights best.pt --source cams.streams                       # one stream URL a line
@@ -15,7 +17,8 @@ Usage:
 Outputs go to ``--project/--name`` (runs/detect/exp, exp2, ...): annotated images/videos, ``labels/*.txt`` in YOLO
 format (``cls x y w h [conf]``, normalised to the original image, written atomically) and ``crops/<class>/``.
 Boxes are found at the network input and mapped back to ORIGINAL-image pixels. EXIF orientation is honoured;
-unreadable images are reported and skipped. ``run(**kwargs)`` returns one dict per image/frame.
+unreadable images and videos are reported and skipped (and listed again at the end); when no input file is
+readable, that is a user error. ``run(**kwargs)`` returns one dict per image/frame.
 
 ``--imgsz`` defaults to the size the checkpoint was trained at (640 for official YOLOv5 weights); a size more than 2x
 from it is warned about. Images with the same name (from different folders of a .txt list) get outputs named
@@ -41,6 +44,7 @@ import argparse
 import logging
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -54,7 +58,7 @@ if str(ROOT) not in sys.path:
 
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
-from utils.dataset.sources import LoadImages, output_stems  # noqa: E402
+from utils.dataset.sources import DatasetNotFoundError, LoadImages, output_stems, skipped_message  # noqa: E402
 from utils.infer.annotate import annotate, crop_box, save_image  # noqa: E402
 from utils.infer.detector import Detector  # noqa: E402
 from utils.infer.streams import (  # noqa: E402
@@ -66,11 +70,13 @@ from utils.infer.streams import (  # noqa: E402
     stream_sources,
     stream_stems,
 )
+from utils.ops.box_merge import NWD_C, add_nms_arguments  # noqa: E402
 from utils.ops.boxes import xyxy2xywh  # noqa: E402
 from utils.run_dirs import increment_path  # noqa: E402
 from utils.track.session import TrackSession, check_trackable  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
+MAX_LISTED = 10  # skipped inputs named in one line, then "... and N more"
 
 
 def yolo_txt_lines(det: np.ndarray, shape: tuple[int, int], save_conf: bool) -> list[str]:
@@ -108,19 +114,22 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
         exist_ok: bool = False, line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False,
         half: bool = False, slice: int = 0, slice_overlap: float = 0.2, slice_full: bool = False,
         slice_batch: int = 8, vid_stride: int = 1, stream_buffer: bool = False, reconnects: int = 3,
-        reconnect_delay: float = 1.0, stream_timeout: float = 10.0, track: str | Path | None = None) -> list[dict]:
+        reconnect_delay: float = 1.0, stream_timeout: float = 10.0, nms: str = "iou", nwd_c: float = NWD_C,
+        slice_merge: str = "nms", slice_match: str | None = None, slice_match_thres: float | None = None,
+        track: str | Path | None = None) -> list[dict]:
     """Detect objects in ``source``; return one dict per image / video frame with keys ``path``, ``frame`` (video
     or stream frame number, or None), ``shape`` (h, w original px), ``boxes`` (n, 4) xyxy original px, ``scores``
     (n,), ``classes`` (n,), ``save_path`` (annotated file or None), ``txt_path`` (or None) and ``times_ms``
     (pre-process, inference, NMS), and with ``track`` (a tracker YAML) ``track_ids`` (n,) (-1: no track). The run
-    folder is in each dict's ``save_dir``; it is created only once the weights are loaded and the source holds
-    images (streams: opened and gave a frame; image URL: downloaded).
-    ``imgsz`` (input px) defaults to the trained size. Streams: see the module docstring and utils/infer/streams.py;
-    a stream lost mid-way ends the run normally with the results so far.
+    folder is in each dict's ``save_dir``; it is created only once the
+    weights are loaded and the source's first image or frame is read (streams: opened and gave a frame; image URL:
+    downloaded). ``imgsz`` (input px) defaults to the trained size. Streams: see the module docstring and
+    utils/infer/streams.py; a stream lost mid-way ends the run normally with the results so far.
 
-    Raises FileNotFoundError (missing weights/source, message names it), CheckpointError (not a model),
-    StreamError (a stream that cannot be opened), DownloadError (an image URL), UsageError (a bad argument,
-    ``track`` on a single image) and TrackerConfigError (a bad tracker YAML).
+    Raises FileNotFoundError (missing weights/source; DatasetNotFoundError: no file of the source is readable; the
+    message names it), CheckpointError (not a model), StreamError (a stream that cannot be opened), DownloadError
+    (an image URL), UsageError (a bad argument, ``track`` on a single image) and TrackerConfigError (a bad
+    tracker YAML).
     """
     imgsz = imgsz[0] if isinstance(imgsz, list | tuple) else imgsz
     check_args(imgsz=(imgsz is None or imgsz >= 1, f"must be >= 1, got {imgsz}"),
@@ -133,14 +142,18 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
                vid_stride=(vid_stride >= 1, f"must be >= 1, got {vid_stride}"),
                reconnects=(reconnects >= 0, f"must be >= 0, got {reconnects}"),
                reconnect_delay=(reconnect_delay >= 0, f"must be >= 0, got {reconnect_delay}"),
-               stream_timeout=(stream_timeout > 0, f"must be > 0, got {stream_timeout}"))
+               stream_timeout=(stream_timeout > 0, f"must be > 0, got {stream_timeout}"),
+               nwd_c=(nwd_c > 0, f"must be > 0 px, got {nwd_c}"),
+               slice_match_thres=(slice_match_thres is None or 0 <= slice_match_thres <= 1,
+                                  f"must be in [0, 1], got {slice_match_thres}"))
     if isinstance(source, str | Path) and not is_url(source) and not is_stream_source(source) \
             and "*" not in str(source) and not Path(source).exists():
         raise FileNotFoundError(f"source not found: {source} (expected an image, video, folder, glob, .txt list, "
                                 "camera index, stream URL or image URL)")
     detector = Detector(weights, imgsz, conf_thres, iou_thres, max_det, device, slice=slice,
                         slice_overlap=slice_overlap, slice_full=slice_full, slice_batch=slice_batch,
-                        classes=classes, agnostic=agnostic_nms, half=half)
+                        classes=classes, agnostic=agnostic_nms, half=half, nms=nms, nwd_c=nwd_c,
+                        slice_merge=slice_merge, slice_match=slice_match, slice_match_thres=slice_match_thres)
     folder = not isinstance(source, list) and Path(source).is_dir()  # its images' sequence is named after it
     tracks = None if track is None else TrackSession(track, Path(source).resolve().name if folder else "frames")
     dataset = open_source(source, detector, vid_stride, stream_buffer, reconnects, reconnect_delay, stream_timeout)
@@ -150,6 +163,7 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
         check_trackable(source, len(dataset.files) - n_vid, n_vid, streaming)
     # two a.jpg from different folders (or two streams ending in /live) must not share outputs
     stems = (output_stems if isinstance(dataset, LoadImages) else stream_stems)(dataset.files)
+    frames = from_first_readable(dataset, source) if isinstance(dataset, LoadImages) else iter(dataset)
     results, totals, writers = [], np.zeros(3), {}
     try:
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
@@ -157,7 +171,7 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
             (save_dir / "labels").mkdir(parents=True, exist_ok=True)
         names = detector.names
         detector.backend.warmup((1, 3, detector.imgsz, detector.imgsz))
-        for path, im, im0, cap, desc in dataset:
+        for path, im, im0, cap, desc in frames:
             times = [0.0, 0.0, 0.0]
             det = detector.detect(im0, None if slice else im, times).cpu().numpy()
             p = Path(path)
@@ -219,7 +233,40 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
         LOGGER.info(f"{nl} label{'s' * (nl != 1)} saved to {save_dir / 'labels'}")
     if save_txt or save_crop or not nosave:
         LOGGER.info(f"Results saved to {save_dir}")
+    skipped = getattr(dataset, "skipped", [])
+    if skipped:
+        LOGGER.warning(f"{len(skipped)} of {dataset.nf} input files could not be read and were skipped: "
+                       f"{listed(skipped)}")
     return results
+
+
+def listed(paths: list[str], limit: int = MAX_LISTED) -> str:
+    """The first ``limit`` of ``paths`` joined by ', ', then '... and N more'."""
+    more = len(paths) - limit
+    return ", ".join(paths[:limit]) + (f", ... and {more} more" if more > 0 else "")
+
+
+def from_first_readable(dataset: LoadImages, source: str | Path | list) -> Iterator:
+    """Iterate ``dataset`` from its first readable image or video frame, which is read here, before the run folder
+    exists. Raises DatasetNotFoundError (one line naming ``source`` and the files) when no file is readable; the
+    files skipped before the first readable one are then reported as the later ones are (one warning each)."""
+    dataset.warn = False  # a source with nothing readable gets one error line, not a warning per file first
+    items = iter(dataset)
+    first = next(items, None)
+    dataset.warn = True
+    if first is None:
+        raise DatasetNotFoundError(f"{source}: none of the {dataset.nf} input files could be read as an image or "
+                                   f"video: {listed(dataset.skipped)}")
+    for path in dataset.skipped:
+        LOGGER.warning(skipped_message(path))
+    return _resume(first, items)
+
+
+def _resume(first: tuple, items: Iterator) -> Iterator:
+    """``first``, then the rest of ``items`` (not itertools.chain: it calls iter(), which restarts LoadImages)."""
+    yield first
+    while (item := next(items, None)) is not None:
+        yield item
 
 
 def open_source(source: str | Path | list, detector: Detector, vid_stride: int = 1, stream_buffer: bool = False,
@@ -274,6 +321,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice-overlap", type=float, default=0.2, help="overlap of neighbouring tiles (fraction)")
     p.add_argument("--slice-full", action="store_true", help="also run the whole image downscaled when slicing")
     p.add_argument("--slice-batch", type=int, default=8, help="tiles per forward pass")
+    add_nms_arguments(p)
     p.add_argument("--track", nargs="?", const="bytetrack-tiny.yaml", default=None, metavar="TRACKER_YAML",
                    help="track objects through videos, streams and folders of frames (default tracker: "
                         "trackers/bytetrack-tiny.yaml)")

@@ -34,9 +34,11 @@ if str(ROOT) not in sys.path:
 
 import val as validate  # noqa: E402
 from data.prepare import check_dataset  # noqa: E402
+from utils.advise.advise import apply_tiny_auto, save_advice  # noqa: E402
 from utils.checkpoints import load_checkpoint  # noqa: E402
 from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
 from utils.config.hyp import load_hyp  # noqa: E402
+from utils.dataset.aug_stats import lost_row, lost_warning  # noqa: E402
 from utils.dataset.copy_paste import check_paste_hyp  # noqa: E402
 from utils.eval.metrics import fitness  # noqa: E402
 from utils.loss.compute_loss import LOSS_NAMES, ComputeLoss  # noqa: E402
@@ -56,6 +58,8 @@ from utils.train.builders import (  # noqa: E402
     finish,
     freeze_layers,
     interrupted_message,
+    plan_run_dir,
+    plot_tfl_auto_labels,
     resolve_tfl_auto,
     seed_epoch,
     setup_ddp,
@@ -98,9 +102,10 @@ def train(opt: argparse.Namespace, on_val: Callable[[int, dict], bool] | None = 
             run.scheduler.step()
             stop = False
             if run.main_process:
+                lost = augmentation_losses(run, epoch)
                 results, fi = validate_epoch(run, epoch)
                 state.best_fitness = max(state.best_fitness, fi)
-                run.logger.log_epoch(epoch, epoch_row(mloss, results, run.optimizer))
+                run.logger.log_epoch(epoch, {**epoch_row(mloss, results, run.optimizer), **lost})  # lost: last
                 stop = run.stopper(epoch, fi)
                 if on_val is not None and results:
                     stop = bool(on_val(epoch, results)) or stop
@@ -143,6 +148,9 @@ def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
     hyp = load_hyp(ckpt["hyp"]) if ckpt else load_hyp(opt.hyp, hyp_overrides(opt))
     init_seeds(opt.seed + 1 + max(rank, 0), deterministic=True)
     data = check_dataset(opt.data)
+    advice = None
+    if getattr(opt, "tiny", None) == "auto" and not opt.resume:  # may change opt.imgsz, opt.cfg and the hyp
+        hyp, advice = apply_tiny_auto(opt, hyp, data)
     nc = 1 if opt.single_cls else data["nc"]
     names = {0: "item"} if opt.single_cls and len(data["names"]) != 1 else data["names"]
 
@@ -158,15 +166,26 @@ def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
     batch_size = opt.batch_size // max(world_size, 1)
     main_process = rank in (-1, 0)
     train_loader, dataset, val_loader = build_loaders(opt, data, hyp, imgsz, gs, batch_size, local_rank, main_process)
+    tfl_auto = not opt.resume and opt.tfl == "auto"
+    if tfl_auto:
+        hyp = resolve_tfl_auto(hyp, dataset, imgsz)
+    save_dir = (plan_run_dir(opt) if main_process
+                else Path(getattr(opt, "save_dir", None) or Path(opt.project) / opt.name))
+    # --mlflow: the store is used (the run created or reopened) before anything is written; the run is named after
+    # the folder about to be created
+    mlflow = start_mlflow(opt, hyp, save_dir) if opt.mlflow and main_process else None
 
     # Every input is usable: the run folder, then what is written into it.
-    save_dir, lock = (create_run_dir(opt) if main_process
-                      else (Path(getattr(opt, "save_dir", None) or Path(opt.project) / opt.name), None))
+    lock = None
     try:
-        if not opt.resume and opt.tfl == "auto":
-            hyp = resolve_tfl_auto(hyp, dataset, imgsz, save_dir, plots=main_process and not opt.noplots)
+        if main_process:
+            save_dir, lock = create_run_dir(save_dir)
+        if tfl_auto and main_process and not opt.noplots:
+            plot_tfl_auto_labels(hyp, dataset, imgsz, save_dir)
         if main_process:
             start_run_files(save_dir, opt, hyp, dataset, names, model, imgsz, precision=precision.label)
+            if advice:
+                save_advice(advice, save_dir)
         freeze_layers(model, opt.freeze)
         model.nc, model.names, model.hyp = nc, names, hyp
         loss_fn = ComputeLoss(model, hyp, imgsz=imgsz)
@@ -187,9 +206,10 @@ def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
                 run.model = nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
             run.model = nn.parallel.DistributedDataParallel(
                 run.model, device_ids=[local_rank] if device.type == "cuda" else None)
-        run.logger = RunLogger(save_dir, names, mlflow=start_mlflow(opt, hyp, save_dir) if opt.mlflow else None) \
-            if main_process else None
+        run.logger = RunLogger(save_dir, names, mlflow=mlflow) if main_process else None
     except BaseException:
+        if mlflow is not None:
+            mlflow.end("FAILED")
         release_run_lock(lock)
         raise
     return run, state
@@ -253,6 +273,19 @@ def optimizer_step(run: Run) -> None:
     run.scaler.update()
     run.optimizer.zero_grad()
     run.ema.update(run.model)
+
+
+def augmentation_losses(run: Run, epoch: int) -> dict[str, float]:
+    """The epoch's labels lost to augmentation per size bucket (utils/dataset/aug_stats.py), as results.csv/TensorBoard
+    columns; one warning line when more than 5 % of the tiny ones were lost."""
+    counter = getattr(run.dataset, "aug_lost", None)
+    if counter is None:
+        return {}
+    seen, lost = counter.take()
+    message = lost_warning(seen, lost, run.hyp.scale, run.hyp.aug_min_side, epoch)
+    if message:
+        LOGGER.warning(message)
+    return lost_row(seen, lost)
 
 
 def validate_epoch(run: Run, epoch: int) -> tuple[dict, float]:

@@ -100,6 +100,8 @@ class Hyp:
     anchors: float | None = hp(None, "anchors per output level; absent keeps the model YAML's anchors", lo=1)
     label_smoothing: float = hp(0.0, "class label smoothing epsilon (YOLOv5's --label-smoothing)", lo=0, hi=1)
     fl_alpha: float = hp(0.25, "focal loss alpha, used only when fl_gamma > 0", lo=0, hi=1)
+    aug_min_side: float = hp(2.0, "after augmentation, boxes with a side <= this are dropped (YOLOv5's fixed 2; "
+                             "0 keeps every visible box)", lo=0, unit="input px")
     # --- Tiny Focal Loss (ours; off by default so YOLOv5 numbers hold) ---
     tfl: bool = hp(False, "weight each target by w = exp(-k * area_px / S) + 1")
     tfl_k: float = hp(1.6, "TFL focusing coefficient k (0: weight 2 everywhere; large: weight 1)", lo=0)

@@ -1,6 +1,9 @@
 """Pairwise box similarities for association (all pairs, ``[N, M]``), as numpy functions: IoU, NWD and centre
-distance normalised by object size. Boxes are ``(N, 4)`` / ``(M, 4)`` xyxy in one consistent unit (the tracker uses
-original-image pixels); every similarity is in [0, 1], 1 for identical boxes. Empty inputs give ``(N, M)`` zeros.
+distance normalised by object size. ``utils.ops.box_merge.pairwise`` computes IoU and NWD on torch tensors for NMS
+and tile merging; these numpy twins (tested equal) serve the tracker, whose small per-frame matrices would spend
+more time in tensor overhead than in arithmetic. Boxes are ``(N, 4)`` / ``(M, 4)`` xyxy in one consistent unit (the
+tracker uses original-image pixels); every similarity is in [0, 1], 1 for identical boxes. Empty inputs give
+``(N, M)`` zeros.
 """
 
 from __future__ import annotations
