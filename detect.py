@@ -11,6 +11,8 @@ Usage:
     python detect.py --weights best.pt --source rtsp://cam/live --vid-stride 5     # also rtmp://, http(s)://
     python detect.py --weights best.pt --source cams.streams                       # one stream URL a line
     python detect.py --weights best.pt --source https://example.com/street.jpg    # an image URL
+    python detect.py --weights best.pt --source drone.mp4 --track                  # track: trackers/bytetrack-tiny.yaml
+    python detect.py --weights best.pt --source frames/ --track trackers/bytetrack.yaml --slice 640
 
 Outputs go to ``--project/--name`` (runs/detect/exp, exp2, ...): annotated images/videos, ``labels/*.txt`` in YOLO
 format (``cls x y w h [conf]``, normalised to the original image, written atomically) and ``crops/<class>/``.
@@ -29,6 +31,11 @@ results go to ``NAME.mp4`` (and ``labels/NAME_<frame>.txt``). A stream that stop
 ``--reconnects`` times, ``--reconnect-delay`` seconds apart, then stops with one warning line; what was done is
 kept and the exit status is 0. A stream that cannot be opened at the start is a user error (exit status 1).
 ``--vid-stride N`` keeps every N-th frame of videos and streams.
+
+``--track [TRACKER_YAML]`` follows the detections through each video and stream, and through the source's images
+taken as the frames of one sequence in name order (utils/track/, docs/tracking.md): track IDs are drawn (``#ID``)
+and returned (``track_ids``), and ``tracks/<sequence>.txt`` holds each sequence's tracks in MOTChallenge format.
+A single image cannot be tracked (a user error).
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ from utils.infer.streams import (  # noqa: E402
 from utils.ops.box_merge import NWD_C, add_nms_arguments  # noqa: E402
 from utils.ops.boxes import xyxy2xywh  # noqa: E402
 from utils.run_dirs import increment_path  # noqa: E402
+from utils.track.session import TrackSession, check_trackable  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
 MAX_LISTED = 10  # skipped inputs named in one line, then "... and N more"
@@ -108,18 +116,20 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
         slice_batch: int = 8, vid_stride: int = 1, stream_buffer: bool = False, reconnects: int = 3,
         reconnect_delay: float = 1.0, stream_timeout: float = 10.0, nms: str = "iou", nwd_c: float = NWD_C,
         slice_merge: str = "nms", slice_match: str | None = None, slice_match_thres: float | None = None,
-        ) -> list[dict]:
+        track: str | Path | None = None) -> list[dict]:
     """Detect objects in ``source``; return one dict per image / video frame with keys ``path``, ``frame`` (video
     or stream frame number, or None), ``shape`` (h, w original px), ``boxes`` (n, 4) xyxy original px, ``scores``
     (n,), ``classes`` (n,), ``save_path`` (annotated file or None), ``txt_path`` (or None) and ``times_ms``
-    (pre-process, inference, NMS). The run folder is in each dict's ``save_dir``; it is created only once the
+    (pre-process, inference, NMS), and with ``track`` (a tracker YAML) ``track_ids`` (n,) (-1: no track). The run
+    folder is in each dict's ``save_dir``; it is created only once the
     weights are loaded and the source's first image or frame is read (streams: opened and gave a frame; image URL:
     downloaded). ``imgsz`` (input px) defaults to the trained size. Streams: see the module docstring and
     utils/infer/streams.py; a stream lost mid-way ends the run normally with the results so far.
 
     Raises FileNotFoundError (missing weights/source; DatasetNotFoundError: no file of the source is readable; the
     message names it), CheckpointError (not a model), StreamError (a stream that cannot be opened), DownloadError
-    (an image URL) and UsageError (a bad argument).
+    (an image URL), UsageError (a bad argument, ``track`` on a single image) and TrackerConfigError (a bad
+    tracker YAML).
     """
     imgsz = imgsz[0] if isinstance(imgsz, list | tuple) else imgsz
     check_args(imgsz=(imgsz is None or imgsz >= 1, f"must be >= 1, got {imgsz}"),
@@ -144,8 +154,13 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
                         slice_overlap=slice_overlap, slice_full=slice_full, slice_batch=slice_batch,
                         classes=classes, agnostic=agnostic_nms, half=half, nms=nms, nwd_c=nwd_c,
                         slice_merge=slice_merge, slice_match=slice_match, slice_match_thres=slice_match_thres)
+    folder = not isinstance(source, list) and Path(source).is_dir()  # its images' sequence is named after it
+    tracks = None if track is None else TrackSession(track, Path(source).resolve().name if folder else "frames")
     dataset = open_source(source, detector, vid_stride, stream_buffer, reconnects, reconnect_delay, stream_timeout)
     streaming = isinstance(dataset, LoadStreams)
+    if tracks:
+        n_vid = sum(getattr(dataset, "video_flag", []))
+        check_trackable(source, len(dataset.files) - n_vid, n_vid, streaming)
     # two a.jpg from different folders (or two streams ending in /live) must not share outputs
     stems = (output_stems if isinstance(dataset, LoadImages) else stream_stems)(dataset.files)
     frames = from_first_readable(dataset, source) if isinstance(dataset, LoadImages) else iter(dataset)
@@ -165,6 +180,9 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
             r = {"path": path if is_url(path) or streaming else str(p), "frame": frame, "shape": im0.shape[:2],
                  "boxes": det[:, :4], "scores": det[:, 4], "classes": det[:, 5].astype(np.int64),
                  "save_path": None, "txt_path": None, "times_ms": [t * 1e3 for t in times], "save_dir": save_dir}
+            ids = None if tracks is None else tracks.update(stems[path] if cap is not None else None, frame, det, im0)
+            if tracks:
+                r["track_ids"] = ids
             if save_txt and len(det):
                 r["txt_path"] = save_dir / "labels" / f"{stem}.txt"
                 atomic_write_text(r["txt_path"], "\n".join(yolo_txt_lines(det, im0.shape[:2], save_conf)) + "\n")
@@ -175,7 +193,7 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
                     f.parent.mkdir(parents=True, exist_ok=True)
                     save_image(f, crop_box(im0, d[:4]))
             if not nosave:
-                drawn = annotate(im0, det, names, line_thickness, hide_labels, hide_conf)
+                drawn = annotate(im0, det, names, line_thickness, hide_labels, hide_conf, ids)
                 if cap is None:
                     suffix = Path(urlsplit(path).path).suffix if is_url(path) else p.suffix
                     r["save_path"] = save_dir / f"{stems[path]}{suffix}"
@@ -203,6 +221,9 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
             wr.release()
         if streaming:
             dataset.close()
+        if tracks and results:
+            files = tracks.write(save_dir / "tracks")
+            LOGGER.info(f"{len(files)} MOTChallenge track file{'s' * (len(files) != 1)} saved to {files[0].parent}")
     n = max(len(results), 1)
     t = totals * 1e3 / n
     LOGGER.info(f"Speed: {t[0]:.1f}ms pre-process, {t[1]:.1f}ms inference, {t[2]:.1f}ms NMS per image at shape "
@@ -301,6 +322,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice-full", action="store_true", help="also run the whole image downscaled when slicing")
     p.add_argument("--slice-batch", type=int, default=8, help="tiles per forward pass")
     add_nms_arguments(p)
+    p.add_argument("--track", nargs="?", const="bytetrack-tiny.yaml", default=None, metavar="TRACKER_YAML",
+                   help="track objects through videos, streams and folders of frames (default tracker: "
+                        "trackers/bytetrack-tiny.yaml)")
     return p
 
 

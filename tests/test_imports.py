@@ -30,7 +30,7 @@ MIDDLE = {"utils.checkpoints", "utils.plots"}  # above config/dataset/loss/eval,
 FOUNDATION = {"utils.errors", "utils.atomic", "utils.cli", "utils.torch_utils", "utils.downloads", "utils.run_dirs",
               "utils.safe_paths", "utils.archives"}
 LAYERS = (("utils.ops",), ("utils.config",), ("utils.dataset",), ("utils.loss", "utils.eval"),
-          ("utils.train", "utils.infer"), ("utils.advise",))
+          ("utils.train", "utils.infer"), ("utils.advise", "utils.track"))
 
 
 def project_files(root: Path) -> list[Path]:
@@ -169,9 +169,11 @@ def test_utils_packages_import_one_way():
     assert layer_violations({"utils.eval.x": {"utils.train.y"}, "utils.loss.z": {"utils.plots"},
                              "utils.ops.w": {"data.convert"}, "utils.train.v": {"utils.eval.u", "utils.plots"},
                              "utils.atomic": {"utils.config.hyp"}, "utils.train.t": {"utils.advise.a"},
-                             "utils.advise.b": {"utils.train.c", "utils.checkpoints"}}) == [
-        "utils.atomic -> utils.config.hyp", "utils.eval.x -> utils.train.y", "utils.loss.z -> utils.plots",
-        "utils.ops.w -> data.convert", "utils.train.t -> utils.advise.a"]
+                             "utils.advise.b": {"utils.train.c", "utils.checkpoints"},
+                             "utils.infer.q": {"utils.track.r"},
+                             "utils.track.t": {"utils.infer.s", "utils.plots"}}) == [
+        "utils.atomic -> utils.config.hyp", "utils.eval.x -> utils.train.y", "utils.infer.q -> utils.track.r",
+        "utils.loss.z -> utils.plots", "utils.ops.w -> data.convert", "utils.train.t -> utils.advise.a"]
 
 
 def test_import_graph_and_cycle_finder_on_constructed_modules(tmp_path):

@@ -253,3 +253,16 @@ def test_live_stream_keeps_only_the_newest_frame(server):
         assert not st.end.lost and st.end.message.endswith("end of stream")
     finally:
         st.close()
+
+
+def test_stream_tracking_writes_one_mot_file_per_stream(weights, server, tmp_path):
+    yaml = tmp_path / "lenient.yaml"
+    yaml.write_text("track_high_thresh: 0.2\ntrack_low_thresh: 0.01\nnew_track_thresh: 0.2\n")
+    url = f"{server[0]}/clip.avi"
+    res = run(weights=weights, source=url, imgsz=64, conf_thres=0.01, project=tmp_path, name="t", track=yaml,
+              nosave=True)
+    assert [r["frame"] for r in res] == list(range(1, N_FRAMES + 1))
+    assert all(len(r["track_ids"]) == len(r["boxes"]) for r in res)
+    lines = (tmp_path / "t" / "tracks" / "clip.txt").read_text().splitlines()
+    assert len(lines) == sum(int((r["track_ids"] >= 0).sum()) for r in res) > 0
+    assert {int(line.split(",")[0]) for line in lines} <= set(range(1, N_FRAMES + 1))

@@ -199,9 +199,11 @@ class AutoShape(nn.Module):
 
     @torch.no_grad()
     def forward(self, ims: ImageInput | list | tuple | torch.Tensor, size: int | tuple[int, int] | None = None,
-                slice: int | tuple[int, float] | None = None) -> Detections | torch.Tensor:
+                slice: int | tuple[int, float] | None = None, tracker: Any = None) -> Detections | torch.Tensor:
         """Detect objects in ``ims`` (one image or a list); ``size`` overrides the inference size (input px, int
-        long side or (h, w)); ``slice`` overrides ``self.slice`` (tile px, or (tile px, overlap)).
+        long side or (h, w)); ``slice`` overrides ``self.slice`` (tile px, or (tile px, overlap)). ``tracker``
+        (e.g. ``utils.track.tracker.Tracker``: ``update(boxes, scores, classes, frame_bgr) -> ids``) takes the
+        images as the next frames of its video; the results then carry ``track_ids``.
         Returns Detections, or the raw prediction for a tensor input (module docstring)."""
         if isinstance(ims, torch.Tensor):
             if ims.ndim != 4 or ims.shape[1] != 3:
@@ -224,7 +226,10 @@ class AutoShape(nn.Module):
         else:
             preds, shapes = self._batched(rgb, shape, times)
         n = len(rgb)
-        return Detections(rgb, preds, files, tuple(t * 1e3 / n for t in times), self.names, shapes)
+        ids = None if tracker is None else [
+            tracker.update(d[:, :4], d[:, 4], d[:, 5], np.ascontiguousarray(im[..., ::-1]))
+            for d, im in ((p.detach().float().cpu().numpy(), im) for p, im in zip(preds, rgb))]
+        return Detections(rgb, preds, files, tuple(t * 1e3 / n for t in times), self.names, shapes, ids)
 
     def _sliced(self, rgb: np.ndarray, imgsz: int, tile: int, overlap: float, times: list[float]) -> torch.Tensor:
         """Sliced inference of one RGB image (detect.py --slice): (k, 6) original px."""
