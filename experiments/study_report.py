@@ -184,7 +184,7 @@ def pareto_plot(runs: Runs, path: Path) -> list[str]:
     if len(f) > 1:
         ax.plot(*zip(*f), "--", color="C3", lw=1, label="Pareto front")
         ax.legend(fontsize=8)
-    ax.set_xlabel("inference ms per image (batch 1, one CPU thread, median)")
+    ax.set_xlabel("inference ms per image (batch 1, one CPU thread; median over seeds)")
     ax.set_ylabel("tiny AP50 x 100 (test, mean ± 95% CI)")
     ax.grid(alpha=0.3)
     save_figure(fig, path)
