@@ -179,3 +179,23 @@ def test_one_real_run_end_to_end(tmp_path):
     assert [c["epoch"] for c in r["curve"]] == [0] and r["curve"][0]["fitness"] >= 0
     hyp = yaml.safe_load((runs[0].run_dir / "hyp.yaml").read_text())
     assert hyp["small_paste"] == 0.5
+
+
+def test_prepare_chains_the_cycles_and_refuses_to_overwrite(tmp_path, monkeypatch):
+    import train
+
+    calls = []
+
+    def fake_train(opt):
+        calls.append((opt.seed, opt.weights, opt.epochs, opt.noval))
+        d = tmp_path / opt.name / "weights"
+        d.mkdir(parents=True)
+        (d / "last.pt").write_bytes(opt.name.encode())
+        return {"save_dir": str(tmp_path / opt.name)}
+
+    monkeypatch.setattr(train, "train", fake_train)
+    start = tmp_path / "s" / "start.pt"
+    assert study_cli.main(["prepare", "--start", str(start), "--epochs", "3", "--cycles", "2"]) == 0
+    assert calls == [(0, "", 3, False), (1, str(tmp_path / "start-cycle1" / "weights" / "last.pt"), 3, False)]
+    assert start.read_bytes() == b"start-cycle2"
+    assert study_cli.main(["prepare", "--start", str(start)]) == 1 and len(calls) == 2
