@@ -144,7 +144,7 @@ def table(runs: Runs, defs: Mapping[str, Mapping[str, Any]] | None = None) -> li
                                                                      for v in runs[n].values()] or [math.nan])))
     head = ["variant", "n", *[h for _, h in COLUMNS], "Δ tiny AP50 vs baseline", f"Δ tiny AP50 vs control "
             f"({ctrl or 'none yet'})", "Δ big AP50 vs baseline", "train s/epoch (ratio)", "inference ms (ratio)",
-            "input px", "last-quarter val gain"]
+            "input px", "last-quarter val gain", "val tiny AP50"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n in order:
         v = runs[n]
@@ -161,6 +161,7 @@ def table(runs: Runs, defs: Mapping[str, Mapping[str, Any]] | None = None) -> li
         g = [x.get("plateau_gain", math.nan) for x in v.values()]
         g = [x for x in g if math.isfinite(x)]
         cells.append(f"{100 * max(g):+.1f} % (max)" if g else "-")
+        cells.append(f"{100 * np.nanmean([x.get('val/tiny/map50', math.nan) for x in v.values()]):.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -87,7 +87,8 @@ def test_report_table_and_figure(study, tmp_path):
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
     assert rows["baseline"][1] == "5" and rows["scale-2x"][1] == "2" and rows["posw-x2 (control)"][1] == "5"
     assert rows["scale-2x"][2].startswith(f"{100 * np.mean(SCALE):.2f} ± ")
-    assert "(3.85x)" in rows["scale-2x"][9] and rows["scale-2x"][11].strip(" |") == "320"
+    assert "(3.85x)" in rows["scale-2x"][9] and rows["scale-2x"][11] == "320"
+    assert rows["posw-x2 (control)"][13].strip(" |") == "40.00" and rows["baseline"][12] == "-"
     d = np.array(SCALE) - np.array(CTRL[:2])
     assert rows["scale-2x"][7].startswith(f"{100 * d.mean():+.2f} ± ")  # vs the control, over seeds 0 and 1
     assert "Pareto front (tiny AP50 vs inference time): posw-x2, posw-x3, scale-2x" in text
