@@ -126,7 +126,7 @@ def cmd_curve(args) -> None:
     from experiments.study_curve import curve_summary
 
     dirs = [Path(d) for d in args.run_dirs]
-    missing = [str(d) for d in dirs if not (d / "results.csv").is_file()]
+    missing = [str(d) for d in dirs if not (d.is_file() or (d / "results.csv").is_file())]
     if missing:
         raise StudyError(f"no results.csv in {', '.join(missing)}")
     print(curve_summary(dirs, Path(args.plot) if args.plot else None))
@@ -160,7 +160,7 @@ def get_args_parser() -> ArgumentParser:
     q.add_argument("--md", default="", help="also write the table here")
     q.add_argument("--plot", default="", help="write the Pareto figure here (PNG)")
     q = sub.add_parser("curve", help="learning curve and plateau check of run folders validated every epoch")
-    q.add_argument("run_dirs", nargs="+", help="train.py run folders, in training order")
+    q.add_argument("run_dirs", nargs="+", help="train.py run folders (or their results.csv), in training order")
     q.add_argument("--plot", default="", help="write the figure here (PNG)")
     return p
 

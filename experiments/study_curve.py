@@ -4,7 +4,7 @@ starting checkpoint's run, then a baseline study run validated every epoch), and
 Plateau ("converged"): the best val fitness reached in the last quarter of a run's epochs is less than 5 % (relative)
 above the best reached before it. Fitness is YOLOv5's 0.1 mAP@.5 + 0.9 mAP@.5:.95.
 
-Usage: python experiments/tiny_study.py curve RUN_DIR [RUN_DIR ...] --plot docs/tiny_study_curve.png
+Usage: python experiments/tiny_study.py curve RUN_DIR|results.csv [...] --plot docs/tiny_study_curve.png
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from utils.loggers import read_results_csv
 from utils.metrics import fitness
 
 
-def read_curve(run_dir: Path) -> dict[str, np.ndarray]:
-    """{'fitness', 'tiny_map50', 'map50'} per epoch (val split) of one run folder's results.csv."""
-    _, rows = read_results_csv(run_dir / "results.csv")
+def read_curve(run: Path) -> dict[str, np.ndarray]:
+    """{'fitness', 'tiny_map50', 'map50'} per epoch (val split) of a run folder's results.csv (or of that file)."""
+    _, rows = read_results_csv(run if run.is_file() else run / "results.csv")
     keys = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95")
     x = np.array([[r.get(k, np.nan) for k in keys] for r in rows], float).reshape(-1, 4)
     return {"fitness": np.asarray(fitness(x), float).reshape(-1),
@@ -51,7 +51,7 @@ def plot_curve(runs: list[tuple[str, dict[str, np.ndarray]]], path: Path) -> Non
 
 def curve_summary(run_dirs: list[Path], plot: Path | None = None) -> str:
     """A line per run: epochs, final val fitness and tiny AP50, the plateau gain and whether it is under 5 %."""
-    runs = [(d.name, read_curve(d)) for d in run_dirs]
+    runs = [(d.stem if d.is_file() else d.name, read_curve(d)) for d in run_dirs]
     lines = []
     for name, c in runs:
         g = plateau_gain(c["fitness"])
