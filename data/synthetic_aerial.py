@@ -73,6 +73,7 @@ class AerialParams:
     blur: float = 0.6  # sensor blur, Gaussian sigma in px (0 = off)
     noise: float = 3.0  # std of the Gaussian pixel noise (0-255 scale)
     jpeg_quality: int = 92
+    single_class: bool = False  # label every object as class 0 (same images): detection without classification
     version: int = VERSION
 
 
@@ -297,6 +298,8 @@ def make_image(p: AerialParams, split: str, index: int) -> tuple[np.ndarray, np.
     for _ in range(int(rng.integers(0, 6))):  # and a few anywhere
         scene.draw_tree(sc.im, rng, rng.uniform(0, n, 2), rng.uniform(2, 8), occ)
     labels = object_labels(sc.objects, occ, p.min_visible)
+    if p.single_class:
+        labels[:, 0] = 0
     im = sc.im * rng.uniform(0.9, 1.1, 3).astype(np.float32)  # illumination and tint of the whole scene
     if p.blur > 0:
         im = cv2.GaussianBlur(im, (0, 0), p.blur)
@@ -324,6 +327,15 @@ def check_params(p: AerialParams) -> None:
         raise ValueError(f"invalid synthetic-aerial parameter {bad[0]}={getattr(p, bad[0])!r}")
 
 
+def marker_params(p: AerialParams) -> dict:
+    """What the marker records: every field, except ``single_class`` when off (datasets generated before that
+    option existed stay up to date)."""
+    d = asdict(p)
+    if not d["single_class"]:
+        del d["single_class"]
+    return d
+
+
 def generate(root: str | Path = DEFAULT_ROOT, params: AerialParams | None = None, **overrides) -> Path:
     """Generate the dataset under ``root`` unless the marker says it already exists with these parameters.
 
@@ -334,11 +346,11 @@ def generate(root: str | Path = DEFAULT_ROOT, params: AerialParams | None = None
     p = replace(params or AerialParams(), **overrides)
     check_params(p)
     root = Path(root)
-    if up_to_date(root, MARKER, asdict(p), SPLIT_IDS):
+    if up_to_date(root, MARKER, marker_params(p), SPLIT_IDS):
         return root
     for split, count in (("train", p.n_train), ("val", p.n_val), ("test", p.n_test)):
         _write_split(root, p, split, count)
-    (root / MARKER).write_text(json.dumps(asdict(p), indent=1))  # written last: an interrupted run is redone
+    (root / MARKER).write_text(json.dumps(marker_params(p), indent=1))  # written last: an interrupted run is redone
     return root
 
 
@@ -346,7 +358,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_ROOT, help="dataset root")
     for f in fields(AerialParams):
-        if f.name != "version":
+        if f.name == "single_class":
+            ap.add_argument("--single-class", action="store_true", help="label every object as class 0")
+        elif f.name != "version":
             ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     a = vars(ap.parse_args(argv))
     out = a.pop("out")

@@ -17,6 +17,15 @@ Usage:
     python experiments/tiny_study.py --print-m      # only measure TFL's average weight on the data
 
 Arguments after ``--`` go to train.py (e.g. ``-- --weights pretrained.pt --noval``).
+
+The study of models that have learned (docs/tiny-study.md) has three subcommands; its runs, result files and report
+live in experiments/study_runner.py and experiments/study_report.py:
+
+    python experiments/tiny_study.py prepare --start runs/tiny-study-v2/start.pt   # the common starting checkpoint
+    python experiments/tiny_study.py run --out experiments/results/tiny-study-v2 --seeds 5 \
+        --start runs/tiny-study-v2/start.pt                                         # resumable; skips finished runs
+    python experiments/tiny_study.py report experiments/results/tiny-study-v2 \
+        --md report.md --plot docs/tiny_study_pareto.png
 """
 
 from __future__ import annotations
@@ -69,6 +78,10 @@ def variants(phase: str, m: float, sweep: float) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("prepare", "run", "curve", "report"):
+        from experiments import study_cli
+
+        return study_cli.main(argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--phase", choices=["methods", "recipe"], default="methods")

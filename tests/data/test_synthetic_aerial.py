@@ -179,3 +179,24 @@ def test_val_runs_on_the_test_split(tmp_path):
     res = val.run(str(cfg), str(weights), imgsz=64, batch_size=4, task="test", project=tmp_path, name="v", workers=0)
     n_gt = sum(len(f.read_text().splitlines()) for f in (tmp_path / "ds" / "labels" / "test").glob("*.txt"))
     assert res["n_images"] == 3 and res["n_gt"] == n_gt > 0
+
+
+def test_single_class_same_images_all_class_0(small, tmp_path):
+    a = _files(small)
+    b = _files(generate(tmp_path / "one", n_train=3, n_val=2, n_test=1, single_class=True))
+    marker = Path("synthetic_aerial.json")
+    classes = set()
+    assert "single_class" not in a[marker].decode() and '"single_class": true' in b[marker].decode()
+    for k in a:
+        if k.parts[0] == "images":
+            assert a[k] == b[k]  # the images do not change
+        elif k.parts[0] == "labels":
+            la = np.loadtxt(small / k, ndmin=2)
+            lb = np.loadtxt(tmp_path / "one" / k, ndmin=2)
+            classes |= set(la[:, 0].tolist())
+            np.testing.assert_array_equal(lb[:, 0], 0)
+            np.testing.assert_array_equal(lb[:, 1:], la[:, 1:])  # the same boxes
+    assert len(classes) > 1  # the default labels do have several classes
+    raw = yaml.safe_load((ROOT / "data" / "synthetic-aerial-1c.yaml").read_text())
+    assert raw["synthetic"]["single_class"] is True and raw["names"] == {0: "object"}
+    assert AerialParams(**raw["synthetic"]).single_class
