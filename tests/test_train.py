@@ -137,7 +137,7 @@ def test_official_yolov5_weights_transfer_and_say_how_many(tmp_path, caplog):
     official = tmp_path / "yolov5n.pt"
     torch.save({"epoch": -1, "model": deepcopy(src).half(), "ema": None, "optimizer": None}, official)
     opt = train.get_args_parser().parse_args(["--weights", str(official)])
-    with caplog.at_level(logging.INFO, logger="train"):
+    with caplog.at_level(logging.INFO, logger="utils.train.builders"):
         model = train.build_model(opt, nc=4, hyp=load_hyp(), device=torch.device("cpu"))
     total = len(model.state_dict())
     assert f"Transferred {total - 6}/{total} items from {official}" in caplog.text
@@ -153,7 +153,7 @@ def test_tfl_auto_logs_the_real_minimum_side(tmp_path, caplog):
         shapes = [(640, 640), (640, 640)]
         labels = [np.array([[0, 0.5, 0.5, 7 / 640, 7 / 640]]), np.array([[1, 0.5, 0.5, 58 / 640, 58 / 640]])]
 
-    with caplog.at_level(logging.INFO, logger="train"):
+    with caplog.at_level(logging.INFO, logger="utils.train.builders"):
         train.resolve_tfl_auto(load_hyp("hyp.scratch-low.yaml"), Labels(), 640, tmp_path, plots=False)
     assert "side px min 7.0 / median 32.5 / max 58.0" in caplog.text  # was "min 0.0" (min with initial=0)
 
