@@ -149,15 +149,14 @@ def check_outputs(name: str, wrapper: nn.Module, run_fn, shapes: list[tuple], ge
 
 
 def _export_int8(fp32_data: bytes, props: dict[str, str], f: Path, hw: tuple[int, int], stride: int,
-                 data: str | Path | dict, n_images: int) -> tuple[Path, dict[str, float]]:
-    """Write ``f`` = the int8 quantisation of ``fp32_data`` calibrated on ``n_images`` of ``data``; return it and
-    its differences from the fp32 model on the first calibration images: max |score| (obj and classes, absolute)
-    and max relative xywh difference over boxes with objectness > 0.25 in either model."""
+                 data: str | Path | dict, files: list[str]) -> tuple[Path, dict[str, float]]:
+    """Write ``f`` = the int8 quantisation of ``fp32_data`` calibrated on ``files`` (images of ``data``); return it
+    and its differences from the fp32 model on the first calibration images: max |score| (obj and classes,
+    absolute) and max relative xywh difference over boxes with objectness > 0.25 in either model."""
     import onnxruntime as ort
 
-    from utils.infer.export_int8 import LetterboxReader, calibration_files, quantize_int8
+    from utils.infer.export_int8 import LetterboxReader, quantize_int8
 
-    files = calibration_files(check_dataset(data), n_images)
     LOGGER.info(f"int8: calibrating on {len(files)} train images of {data} at {hw[0]}x{hw[1]} px")
     tmp = f.with_name(f".{f.name}.fp32.tmp")
     atomic_write_bytes(tmp, fp32_data)
@@ -209,6 +208,11 @@ def run(weights: str | Path, imgsz: int | list[int] | tuple[int, int] | None = N
                int8_images=(int8_images >= 1, f"must be >= 1, got {int8_images}"))
     if "openvino" in include:
         import_openvino("--include openvino")  # before any work: one line saying how to install it
+    calibration = []
+    if int8:  # before anything is written: a --data without readable train images stops here
+        from utils.infer.export_int8 import calibration_files
+
+        calibration = calibration_files(check_dataset(data), int8_images)
     model = load_model(weights, "cpu", fuse=True)
     if imgsz is None:
         imgsz = default_imgsz(None, getattr(model, "train_imgsz", None))
@@ -240,7 +244,7 @@ def run(weights: str | Path, imgsz: int | list[int] | tuple[int, int] | None = N
             LOGGER.info(f"ONNX: saved {f} ({len(onnx_data) / 1e6:.1f} MB), outputs match PyTorch within {atol:g}")
         if int8:
             files["onnx-int8"], diffs["int8"] = _export_int8(onnx_data, props, named("-int8.onnx"), hw, gs, data,
-                                                             int8_images)
+                                                             calibration)
         if "openvino" in include:
             try:
                 files["openvino"] = export_openvino(onnx_file, named("_openvino_model"), meta)

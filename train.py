@@ -34,9 +34,11 @@ if str(ROOT) not in sys.path:
 
 import val as validate  # noqa: E402
 from data.prepare import check_dataset  # noqa: E402
+from utils.advise.advise import apply_tiny_auto, save_advice  # noqa: E402
 from utils.checkpoints import load_checkpoint  # noqa: E402
 from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
 from utils.config.hyp import load_hyp  # noqa: E402
+from utils.dataset.aug_stats import lost_row, lost_warning  # noqa: E402
 from utils.dataset.copy_paste import check_paste_hyp  # noqa: E402
 from utils.eval.metrics import fitness  # noqa: E402
 from utils.loss.compute_loss import LOSS_NAMES, ComputeLoss  # noqa: E402
@@ -57,6 +59,8 @@ from utils.train.builders import (  # noqa: E402
     finish,
     freeze_layers,
     interrupted_message,
+    plan_run_dir,
+    plot_tfl_auto_labels,
     resolve_tfl_auto,
     seed_epoch,
     setup_ddp,
@@ -108,9 +112,10 @@ def train(opt: TrainOptions | argparse.Namespace, on_val: Callable[[int, dict], 
             run.scheduler.step()
             stop = False
             if run.main_process:
+                lost = augmentation_losses(run, epoch)
                 results, fi = validate_epoch(run, epoch)
                 state.best_fitness = max(state.best_fitness, fi)
-                run.logger.log_epoch(epoch, epoch_row(mloss, results, run.optimizer))
+                run.logger.log_epoch(epoch, {**epoch_row(mloss, results, run.optimizer), **lost})  # lost: last
                 stop = run.stopper(epoch, fi)
                 if on_val is not None and results:
                     stop = bool(on_val(epoch, results)) or stop
@@ -158,6 +163,9 @@ def build_run(opt: TrainOptions) -> tuple[Run, LoopState]:
     hyp = load_hyp(ckpt["hyp"]) if ckpt else load_hyp(opt.hyp, hyp_overrides(opt))
     init_seeds(opt.seed + 1 + max(rank, 0), deterministic=True)
     data = check_dataset(opt.data)
+    advice = None
+    if opt.tiny == "auto" and not opt.resume:  # the run's options take the chosen imgsz and cfg; hyp its overrides
+        opt, hyp, advice = apply_tiny_auto(opt, hyp, data)
     nc = 1 if opt.single_cls else data["nc"]
     names = {0: "item"} if opt.single_cls and len(data["names"]) != 1 else data["names"]
 
@@ -174,17 +182,26 @@ def build_run(opt: TrainOptions) -> tuple[Run, LoopState]:
     batch_size = total_batch_size // max(world_size, 1)
     main_process = rank in (-1, 0)
     train_loader, dataset, val_loader = build_loaders(opt, data, hyp, imgsz, gs, batch_size, local_rank, main_process)
+    tfl_auto = not opt.resume and opt.tfl == "auto"
+    if tfl_auto:
+        hyp = resolve_tfl_auto(hyp, dataset, imgsz)
+    save_dir = plan_run_dir(opt, resumed_dir) if main_process else (resumed_dir or Path(opt.project) / opt.name)
+    saved = saved_options(opt, total_batch_size, save_dir, mlflow_run_id)
+    # --mlflow: the store is used (the run created or reopened) before anything is written; the run is named after
+    # the folder about to be created
+    mlflow = start_mlflow(saved, hyp, save_dir) if opt.mlflow and main_process else None
 
     # Every input is usable: the run folder, then what is written into it.
-    save_dir, lock = (create_run_dir(opt, resumed_dir) if main_process
-                      else (resumed_dir or Path(opt.project) / opt.name, None))
+    lock = None
     try:
-        if not opt.resume and opt.tfl == "auto":
-            hyp = resolve_tfl_auto(hyp, dataset, imgsz, save_dir, plots=main_process and not opt.noplots)
-        saved = saved_options(opt, total_batch_size, save_dir, mlflow_run_id)
         if main_process:
+            save_dir, lock = create_run_dir(save_dir)
+            if tfl_auto and not opt.noplots:
+                plot_tfl_auto_labels(hyp, dataset, imgsz, save_dir)
             start_run_files(save_dir, opt, {**saved, "precision": precision.label}, hyp, dataset, names, model,
                             imgsz)
+            if advice:
+                save_advice(advice, save_dir)
         freeze_layers(model, opt.freeze)
         model.nc, model.names, model.hyp = nc, names, hyp
         loss_fn = ComputeLoss(model, hyp, imgsz=imgsz)
@@ -195,7 +212,8 @@ def build_run(opt: TrainOptions) -> tuple[Run, LoopState]:
                   total_batch_size=total_batch_size, model=model, train_loader=train_loader, dataset=dataset,
                   val_loader=val_loader, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                   precision=precision, ema=ModelEMA(model) if main_process else NoEMA(), guard=NonFiniteGuard(),
-                  stopper=EarlyStopping(opt.patience), logger=None, lock=lock, mlflow_run_id=mlflow_run_id)
+                  stopper=EarlyStopping(opt.patience), logger=None, lock=lock,
+                  mlflow_run_id=mlflow.run_id if mlflow else mlflow_run_id)
         state = LoopState(warmup_iters=max(round(hyp.warmup_epochs * len(train_loader)), 100))
         if ckpt:
             state = restore_training_state(ckpt, run, state)
@@ -205,11 +223,10 @@ def build_run(opt: TrainOptions) -> tuple[Run, LoopState]:
                 run.model = nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
             run.model = nn.parallel.DistributedDataParallel(
                 run.model, device_ids=[local_rank] if device.type == "cuda" else None)
-        if main_process:
-            mlflow = start_mlflow(saved, hyp, save_dir) if opt.mlflow else None
-            run.logger = RunLogger(save_dir, names, mlflow=mlflow)
-            run.mlflow_run_id = mlflow.run_id if mlflow else mlflow_run_id
+        run.logger = RunLogger(save_dir, names, mlflow=mlflow) if main_process else None
     except BaseException as e:
+        if mlflow is not None:
+            mlflow.end("FAILED")
         release_run_lock(lock)
         if isinstance(e, KeyboardInterrupt):
             raise Interrupted(interrupted_message(save_dir)) from e
@@ -276,6 +293,19 @@ def optimizer_step(run: Run) -> None:
     run.scaler.update()
     run.optimizer.zero_grad()
     run.ema.update(run.model)
+
+
+def augmentation_losses(run: Run, epoch: int) -> dict[str, float]:
+    """The epoch's labels lost to augmentation per size bucket (utils/dataset/aug_stats.py), as results.csv/TensorBoard
+    columns; one warning line when more than 5 % of the tiny ones were lost."""
+    counter = getattr(run.dataset, "aug_lost", None)
+    if counter is None:
+        return {}
+    seen, lost = counter.take()
+    message = lost_warning(seen, lost, run.hyp.scale, run.hyp.aug_min_side, epoch)
+    if message:
+        LOGGER.warning(message)
+    return lost_row(seen, lost)
 
 
 def validate_epoch(run: Run, epoch: int) -> tuple[dict, float]:

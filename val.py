@@ -5,6 +5,15 @@ Usage:
     python val.py --weights best.pt --data coco128.yaml --size-buckets coco --save-json
     python val.py --weights best.pt --size-buckets 0 64 256 1024 inf     # explicit area edges (px²)
     python val.py --weights best.pt --task study --study-sizes 320 640 960 1280   # mAP (and tiny mAP) vs --imgsz
+    python val.py --weights best.pt --data VisDrone.yaml        # the YAML's protocol: VisDrone's numbers, 500 dets
+    python val.py --weights best.pt --data AI-TOD.yaml --task test --protocol aitod --nms nwd
+
+Protocols (utils/config/protocols.py): ``--protocol yolov5`` (default, YOLOv5's numbers) or a benchmark's own
+evaluation, ``coco``, ``aitod``, ``visdrone``, ``tinyperson``: its detections per image (also the NMS cap), area ranges,
+IoU thresholds and ignore rule, evaluated with pycocotools and written to metrics.json under ``protocol`` with the
+benchmark's names (AP_vt, AP50_tiny1, MR50_tiny, AR500, ...). A data YAML's ``protocol:`` key is used when the flag is
+not given. ``--max-det`` overrides the protocol's cap; when images reach it, one warning line says how many and the most
+ground truths in one image.
 
 Size buckets are measured in ORIGINAL-image pixels (the image on disk), like COCO's small/medium/large; the
 default tiny/big split is at the TFL area S (1024 px², or the run's ``tfl_s``). TFL itself weighs objects by their
@@ -39,16 +48,19 @@ if str(ROOT) not in sys.path:
 
 from data.prepare import check_dataset  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
-from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
+from utils.cli import check_args, run_main  # noqa: E402
 from utils.dataset.dataloaders import create_dataloader  # noqa: E402
 from utils.dataset.ignore import centres_in_areas, to_pixels  # noqa: E402
 from utils.dataset.labels import require_labels  # noqa: E402
 from utils.dataset.sources import output_stems  # noqa: E402
-from utils.errors import DatasetError, UsageError  # noqa: E402
+from utils.errors import DatasetError  # noqa: E402
 from utils.eval.coco_eval import coco_evaluate, detections_to_coco_json, image_id_from_path, yolo_labels_to_coco  # noqa: E402
 from utils.eval.metrics import ConfusionMatrix, match_predictions, mean_results, pr_curves  # noqa: E402
+from utils.eval.protocol_eval import eval_image, protocol_results, resolve_protocol  # noqa: E402
 from utils.eval.size_metrics import SizeBucketStats, format_size_table, size_buckets  # noqa: E402
-from utils.infer.detector import default_imgsz, load_backend, warn_far_from_trained  # noqa: E402
+from utils.eval.val_options import STUDY_SIZES, bucket_spec, get_args_parser, run_kwargs  # noqa: E402
+from utils.infer.detector import default_imgsz, load_backend, size_check, validation_input, warn_far_from_trained  # noqa: E402
+from utils.ops.box_merge import NWD_C  # noqa: E402
 from utils.ops.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
 from utils.ops.nms import non_max_suppression  # noqa: E402
 from utils.plots import plot_confusion_matrix, plot_images, plot_metric_curves, plot_val_study  # noqa: E402
@@ -56,53 +68,6 @@ from utils.run_dirs import increment_path  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
 IOUV = torch.linspace(0.5, 0.95, 10)  # IoU thresholds of mAP@.5:.95
-STUDY_SIZES = tuple(range(256, 1536 + 128, 128))  # --task study: YOLOv5's sizes (input px)
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="val.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=str, default="data/synthetic-tiny.yaml", help="dataset YAML")
-    p.add_argument("--weights", type=str, required=True, help="model: .pt (ours or YOLOv5), .onnx (fp32 or int8), "
-                   ".torchscript or a NAME_openvino_model folder")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=None,
-                   help="inference size (px); default: the size the weights were trained at (else 640)")
-    p.add_argument("--conf-thres", type=float, default=0.001)
-    p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=int, default=300)
-    p.add_argument("--task", default="val", choices=["val", "test", "speed", "study"],
-                   help="study: validate at each --study-sizes, write study.csv and study.png")
-    p.add_argument("--study-sizes", nargs="+", type=int, default=list(STUDY_SIZES),
-                   help="--task study: inference sizes (input px); default 256 384 ... 1536")
-    p.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
-    p.add_argument("--verbose", action="store_true", help="report mAP by class")
-    p.add_argument("--save-txt", action="store_true", help="save results to *.txt (YOLO format)")
-    p.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
-    p.add_argument("--save-json", action="store_true", help="save COCO-JSON detections and evaluate with pycocotools")
-    p.add_argument("--project", default=str(ROOT / "runs/val"))
-    p.add_argument("--name", default="exp")
-    p.add_argument("--exist-ok", action="store_true")
-    p.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
-    p.add_argument("--size-buckets", nargs="+", default=["tiny"],
-                   help="tiny (split at --tfl-s), coco, aitod, or explicit area edges in original px²")
-    p.add_argument("--tfl-s", type=float, default=None, help="tiny/big area S (px²); default: the run's or 1024")
-    p.add_argument("--slice", type=int, default=0, help="sliced inference tile size (px), 0 = off")
-    p.add_argument("--slice-overlap", type=float, default=0.2)
-    return p
-
-
-def bucket_spec(spec: list[str] | str) -> str | list[float]:
-    """CLI ``--size-buckets`` -> the spec ``size_buckets`` takes (a name or a list of area edges)."""
-    if isinstance(spec, str):
-        return spec
-    try:
-        return [float(x) for x in spec]
-    except ValueError:
-        if len(spec) == 1:
-            return spec[0]  # a scheme name; size_buckets rejects unknown ones
-        raise UsageError(f"--size-buckets: expected tiny, coco, aitod or numbers, got {spec}") from None
 
 
 class Accumulator:
@@ -140,46 +105,53 @@ class Accumulator:
 
 @torch.no_grad()
 def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgsz: int | None = None,
-        conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300, task: str = "val", device: str = "",
+        conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int | None = None, task: str = "val",
+        device: str = "",
         workers: int = 2, single_cls: bool = False, verbose: bool = False, save_txt: bool = False,
         save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / "runs/val", name: str = "exp",
         exist_ok: bool = False, half: bool = False, size_buckets_spec: str | list[float] = "tiny",
         tfl_s: float | None = None, model=None, dataloader=None, save_dir: Path | None = None, plots: bool = True,
         compute_loss=None, names: dict[int, str] | None = None, slice_size: int = 0, slice_overlap: float = 0.2,
-        ) -> dict:
+        protocol: str | None = None, nms: str = "iou", nwd_c: float = NWD_C, slice_merge: str = "nms",
+        slice_match: str | None = None, slice_match_thres: float | None = None) -> dict:
     """Validate ``model`` (when train.py passes it) or the model in ``weights`` on ``data``'s ``task`` split.
 
     ``imgsz`` (input px) defaults to the size ``weights`` was trained at (640 when not recorded). ``single_cls``:
     labels and predictions are all class 0, whatever the model's and the data's class counts.
     Returns a dict with 'metrics/precision', 'metrics/recall', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95',
     'val/{box,obj,cls}_loss' (when ``compute_loss``), 'per_class', 'size_buckets', 'coco' (with ``save_json``) and
-    'speed_ms' (pre-process, inference, NMS per image). The same dict is saved as ``metrics.json`` in ``save_dir``,
-    which is created only once the weights, data and labels are known usable.
+    'speed_ms' (pre-process, inference, NMS per image), 'max_det' (the cap, images that reached it, most ground
+    truths in one image) and, under a benchmark protocol (``protocol``, else the data YAML's ``protocol`` when
+    not training, else 'yolov5'), 'protocol' (its name, settings and numbers). ``max_det`` defaults to the
+    protocol's cap. ``nms``/``nwd_c`` and ``slice_*`` as detect.py. The same dict is saved as ``metrics.json`` in
+    ``save_dir``, which is created only once the weights, data and labels are known usable.
     Raises DatasetError (data YAML), FileNotFoundError / CheckpointError (weights), LabelError (a split without any
     label), UsageError (a bad argument), ValueError (class count mismatch); each names the file or argument.
     """
     check_args(batch_size=(batch_size >= 1, f"must be >= 1, got {batch_size}"),
-               imgsz=(imgsz is None or imgsz >= 1, f"must be >= 1, got {imgsz}"),
+               imgsz=size_check(imgsz, bounded=model is None),
                conf_thres=(0 <= conf_thres <= 1, f"must be in [0, 1], got {conf_thres}"),
                iou_thres=(0 <= iou_thres <= 1, f"must be in [0, 1], got {iou_thres}"),
-               max_det=(max_det >= 1, f"must be >= 1, got {max_det}"),
+               max_det=(max_det is None or max_det >= 1, f"must be >= 1, got {max_det}"),
+               nwd_c=(nwd_c > 0, f"must be > 0 px, got {nwd_c}"),
                slice=(slice_size >= 0, f"must be >= 0, got {slice_size}"),
                slice_overlap=(0 <= slice_overlap < 1, f"must be in [0, 1), got {slice_overlap}"))
     training = model is not None
     data = check_dataset(data) if not isinstance(data, dict) or "nc" not in data else data
     split = "val" if task == "speed" else task
+    proto, max_det = resolve_protocol(protocol, None if training else data.get("protocol"), max_det)
     if not data.get(split):
         raise DatasetError(f"{data.get('yaml_file') or 'data'}: no '{split}' split to validate on")
     if training:
         device = next(model.parameters()).device
         half &= device.type == "cuda"
         backend = None
-        imgsz = default_imgsz(imgsz, getattr(model, "train_imgsz", None))
+        imgsz, rect = default_imgsz(imgsz, getattr(model, "train_imgsz", None)), True
     else:
         backend = load_backend(weights, device=device, half=half)
         model, device = backend, backend.device
         tfl_s = tfl_s or (backend.hyp or {}).get("tfl_s")
-        imgsz = default_imgsz(imgsz, backend.train_imgsz)
+        imgsz, rect = validation_input(backend, default_imgsz(imgsz, backend.train_imgsz), weights)  # fixed: square
         warn_far_from_trained(imgsz, backend.train_imgsz, weights)
     stride = int(max(model.stride)) if hasattr(model, "stride") else 32
     nc = 1 if single_cls else int(data["nc"])
@@ -189,8 +161,8 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
         raise DatasetError(f"{weights} was trained for {backend.nc} classes but {data.get('yaml_file')} has {nc}: "
                          "pass --single-cls or the matching data YAML")
     if dataloader is None:  # labels are checked against the data's classes; single_cls collapses them afterwards
-        dataloader = create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=0.5, rect=True,
-                                       workers=workers, prefix=f"{split}: ", nc=int(data["nc"]))[0]
+        dataloader = create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=0.5 if rect else 0.0,
+                                       rect=rect, workers=workers, prefix=f"{split}: ", nc=int(data["nc"]))[0]
         ds = dataloader.dataset
         require_labels(ds.labels, ds.label_files, data[split], prefix=f"{split}: ")
     stems = output_stems(getattr(getattr(dataloader, "dataset", None), "im_files", ()))
@@ -204,6 +176,7 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
     ignores = ignore_areas_by_file(dataloader)
     loss = torch.zeros(3, device=device)
     jdict, coco_images, dt = [], [], [0.0, 0.0, 0.0]
+    eval_images, at_cap, most_gt = [], 0, 0  # the protocol's inputs; the --max-det report
     for batch_i, (im, targets, paths, shapes) in enumerate(tqdm(dataloader, desc="val", leave=False)):
         t0 = time.perf_counter()
         im = im.to(device, non_blocking=True)
@@ -212,7 +185,10 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
         nb, _, height, width = im.shape
         t1 = time.perf_counter()
         if backend is not None:
-            preds, train_out = (backend.sliced(im, slice_size, slice_overlap) if slice_size else backend(im)), None
+            preds, train_out = (backend.sliced(im, slice_size, slice_overlap, conf_thres=conf_thres,
+                                               iou_thres=iou_thres, max_det=max_det, nms=nms, nwd_c=nwd_c,
+                                               merge=slice_merge, match=slice_match, match_thres=slice_match_thres)
+                                if slice_size else backend(im)), None
         else:
             preds, train_out = model(im)
         t2 = time.perf_counter()
@@ -220,7 +196,7 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
             loss += compute_loss(train_out, targets)[1]
         targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)  # to input pixels
         preds = non_max_suppression(preds, conf_thres, iou_thres, multi_label=True, agnostic=single_cls,
-                                    max_det=max_det)
+                                    max_det=max_det, method=nms, nwd_c=nwd_c)
         if single_cls:  # the model's classes are ignored (YOLOv5): every detection is class 0
             for p in preds:
                 p[:, 5] = 0
@@ -237,6 +213,9 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
             labelsn = torch.cat((labels[:, 0:1], tbox), 1)
             evaln = drop_ignored(predn, ignores.get(paths[si]), shape)  # what every metric (and COCO JSON) sees
             acc.update(evaln, labelsn)
+            at_cap, most_gt = at_cap + (len(pred) >= max_det), max(most_gt, len(labelsn))
+            if proto.name != "yolov5":  # the protocol applies its own ignore rule to all detections
+                eval_images.append(eval_image(predn, labelsn, ignores.get(paths[si]), shape))
             if save_txt:  # all detections: the ignore rule belongs to the evaluation, not to the model's output
                 save_one_txt(predn, save_conf, shape, save_dir / "labels" / f"{stem}.txt")
             if save_json:  # image ids from the unique name, on both sides (detections and annotations)
@@ -257,7 +236,13 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
         plot_confusion_matrix(acc.confusion.matrix, save_dir / "confusion_matrix.png", list(names.values()))
     if save_json and jdict:
         results["coco"] = evaluate_coco(jdict, coco_images, names, save_dir, Path(weights or "model").stem)
+    results["max_det"] = {"cap": max_det, "images_at_cap": at_cap, "max_gt_per_image": most_gt}
+    if proto.name != "yolov5":
+        results["protocol"] = protocol_results(proto, eval_images, sorted(names))
     report(results, names, verbose or (not training and nc < 50), training)
+    if at_cap and not training:
+        LOGGER.warning(f"{at_cap} of {results['n_images']} images reached the cap of {max_det} detections per image "
+                       f"(--max-det, protocol {proto.name}); the most ground truths in one image is {most_gt}")
     atomic_write_text(save_dir / "metrics.json", json.dumps(_json_safe(results), indent=2))
     if training:
         model.float()
@@ -328,6 +313,10 @@ def report(results: dict, names: dict[int, str], per_class: bool, training: bool
               f"{results['operating_conf']:.3f}):", format_size_table(results["size_buckets"])]
     if "coco" in results:
         lines.append("COCO: " + ", ".join(f"{k}={v:.3f}" for k, v in results["coco"].items()))
+    if "protocol" in results:
+        pr = results["protocol"]
+        lines.append(f"{pr['benchmark']} (--protocol {pr['name']}, {pr['max_dets'][-1]} detections per image): "
+                     + ", ".join(f"{k}={v:.4f}" for k, v in pr["metrics"].items()))
     if not training:
         s = results["speed_ms"]
         lines.append(f"Speed: {s['preprocess']:.1f}ms pre-process, {s['inference']:.1f}ms inference, "
@@ -356,9 +345,9 @@ def study(sizes: Sequence[int] = STUDY_SIZES, project: str | Path = ROOT / "runs
     each size bucket (original px², so the same objects at every size) and ``ms_per_image`` (pre-process +
     inference + NMS). Writes ``study.csv`` (those columns), ``study.png`` (mAP@.5, mAP@.5:.95 and the first,
     smallest bucket's mAP@.5 against the size) and ``imgsz<N>/metrics.json`` under project/name, created once the
-    first size's inputs are known usable; prints a table. Raises what :func:`run` raises.
+    first size's inputs are known usable (every size is checked first); prints a table. Raises what :func:`run` raises.
     """
-    check_args(study_sizes=(len(sizes) > 0 and min(sizes) >= 1, f"must be sizes >= 1 px, got {list(sizes)}"))
+    check_args(study_sizes=size_check(list(sizes)))
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     rows = []
     for s in sizes:
@@ -382,15 +371,6 @@ def study(sizes: Sequence[int] = STUDY_SIZES, project: str | Path = ROOT / "runs
     return rows
 
 
-def run_kwargs(opt: argparse.Namespace) -> dict:
-    """Parsed command line -> keyword arguments of :func:`run` (``--study-sizes`` is :func:`study`'s)."""
-    kw = vars(opt).copy()
-    kw.pop("study_sizes", None)
-    kw["size_buckets_spec"] = bucket_spec(kw.pop("size_buckets"))
-    kw["slice_size"] = kw.pop("slice")
-    return kw
-
-
 def _main(opt: argparse.Namespace) -> None:
     kw = run_kwargs(opt)
     if kw["task"] == "study":  # the sizes replace --imgsz
@@ -402,7 +382,7 @@ def _main(opt: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: 0 on success, 1 after printing a user error as one line on stderr."""
-    return run_main("val.py", lambda: _main(get_args_parser().parse_args(argv)))
+    return run_main("val.py", lambda: _main(get_args_parser(__doc__).parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Import the yolov5==7.0.14 reference package from .oracle/ for parity tests.
+"""Import the reference packages from .oracle/ for parity tests: yolov5==7.0.14 (``load_oracle``), SAHI's tile merge
+and the AI-TOD COCO evaluator (``load_package``).
 
 The reference is a test oracle only: product code never imports it. Quirks handled here (see shared ORACLE.md):
 ``import yolov5.models.yolo`` appends its own folder to ``sys.path``, so the bare names ``models`` and ``utils``
@@ -55,3 +56,19 @@ def load_oracle() -> types.SimpleNamespace:
     for ours in ("models", "utils"):
         assert Path(sys.modules[ours].__file__).resolve().parent.parent == ROOT, f"{ours} resolves to the oracle"
     return types.SimpleNamespace(root=ORACLE_DIR / "yolov5", **mods)
+
+
+def load_package(name: str):
+    """Import the test-only package ``name`` (e.g. ``sahi.postprocess.combine``, ``faster_coco_eval_aitod``) from
+    .oracle/ (requirements-oracle.txt). Skips the calling test when it is not installed, except under CI (``CI``
+    set), where that fails."""
+    if str(ORACLE_DIR) not in sys.path:
+        sys.path.append(str(ORACLE_DIR))
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        msg = f"{name} not importable from {ORACLE_DIR} ({e}; pip install --no-deps --target .oracle -r " \
+              "requirements-oracle.txt)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)

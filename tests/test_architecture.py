@@ -8,9 +8,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "ARCHITECTURE.md"
-PACKAGES = ("utils/ops", "utils/config", "utils/dataset", "utils/loss", "utils/eval", "utils/train", "utils/infer")
+PACKAGES = ("utils/ops", "utils/config", "utils/dataset", "utils/loss", "utils/eval", "utils/train", "utils/infer",
+            "utils/advise", "utils/track")
 QUESTIONS = ("a box loss", "a hyperparameter", "a metric", "a size-bucket scheme", "an augmentation",
-             "an inference backend", "a dataset converter", "a CLI flag", "a learning-rate schedule", "a test")
+             "an inference backend", "a dataset converter", "a CLI flag", "a learning-rate schedule", "a test",
+             "an association cost", "a tracker setting")
 
 
 def named_paths(text: str) -> set[str]:

@@ -16,7 +16,7 @@ import pytest
 
 from data import convert as convert_mod
 from data.prepare import download_zip
-from tests.test_convert import make_visdrone
+from tests.data.test_convert import make_visdrone
 from utils import archives
 from utils.archives import MAX_RATIO, RATIO_FLOOR_BYTES, ArchiveError, extract
 from utils.errors import DatasetError

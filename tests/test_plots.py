@@ -1,5 +1,5 @@
 """utils/plots.py: the figure/save helper (one DPI, Agg canvas), metric curves, confusion matrix and TFL figures.
-(plot_images / plot_labels / plot_results are tested with the data loader in tests/test_dataloaders.py.)"""
+(plot_images / plot_labels / plot_results are tested with the data loader in tests/dataset/test_dataloaders.py.)"""
 
 from __future__ import annotations
 

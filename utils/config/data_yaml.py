@@ -3,7 +3,8 @@ generation, conversion) is ``data/prepare.py``'s ``check_dataset``, which calls 
 
 A data YAML holds ``path`` (dataset root), ``train``, ``val``, optional ``test`` (each a folder, a ``.txt`` list of
 image paths, a glob, or a list of those, relative to ``path``), ``names`` (list or ``{id: name}``) and/or ``nc``,
-and an optional ``download`` (see ``data/prepare.py``).
+an optional ``download`` (see ``data/prepare.py``) and an optional ``protocol`` (the benchmark's evaluation
+protocol val.py uses by default: a name of ``utils.config.protocols.PROTOCOLS``).
 
 A relative ``path`` is looked up beside the YAML, then in the current folder, then in the repository root (where
 YOLOv5 resolves it); when it exists nowhere it is created in the repository root for YAMLs inside the repository
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from utils.config.protocols import PROTOCOLS
 from utils.errors import DatasetError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,6 +119,9 @@ def load_data_yaml(data: str | Path | dict) -> dict[str, Any]:
             raise DatasetError(f"{src}: '{k}' is missing (a folder, .txt list or glob of images)")
     d["names"] = _names(d, src)
     d["nc"] = len(d["names"])
+    if d.get("protocol") is not None and d["protocol"] not in PROTOCOLS:
+        raise DatasetError(f"{src}: 'protocol' must be one of {', '.join(PROTOCOLS)} (val.py's evaluation "
+                           f"protocols), got {d['protocol']!r}")
     root = _dataset_root(d, yaml_file)
     d["path"], d["yaml_file"] = root, yaml_file
     for k in SPLITS:

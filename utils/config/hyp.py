@@ -100,6 +100,8 @@ class Hyp:
     anchors: float | None = hp(None, "anchors per output level; absent keeps the model YAML's anchors", lo=1)
     label_smoothing: float = hp(0.0, "class label smoothing epsilon (YOLOv5's --label-smoothing)", lo=0, hi=1)
     fl_alpha: float = hp(0.25, "focal loss alpha, used only when fl_gamma > 0", lo=0, hi=1)
+    aug_min_side: float = hp(2.0, "after augmentation, boxes with a side <= this are dropped (YOLOv5's fixed 2; "
+                             "0 keeps every visible box)", lo=0, unit="input px")
     # --- Tiny Focal Loss (ours; off by default so YOLOv5 numbers hold) ---
     tfl: bool = hp(False, "weight each target by w = exp(-k * area_px / S) + 1")
     tfl_k: float = hp(1.6, "TFL focusing coefficient k (0: weight 2 everywhere; large: weight 1)", lo=0)
@@ -279,16 +281,24 @@ def load_hyp(source: str | Path | dict | Hyp | None = None, overrides: dict | li
     return _validated(values, source_of)
 
 
-def _read_file(source: str | Path) -> tuple[str, dict]:
+def read_config_yaml(source: str | Path, error: type[UserError], what: str) -> tuple[Path, Any]:
+    """Read a YAML file given by path, or by name from ``hyp/`` (hyp files, the --evolve space, the --tiny auto
+    rules): ``(path, parsed content)``. ``error(...)`` with one line naming the file when it is missing or not
+    valid YAML; the caller checks the content's shape."""
     path = Path(source)
-    if not path.exists() and (HYP_DIR / path.name).exists():
+    if not path.is_file() and (HYP_DIR / path.name).is_file():
         path = HYP_DIR / path.name
     if not path.is_file():
-        raise HypError(f"hyperparameter file not found: {source}")
+        raise error(f"{what} not found: {source}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return path, yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise HypError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def _read_file(source: str | Path) -> tuple[str, dict]:
+    path, data = read_config_yaml(source, HypError, "hyperparameter file")
+    data = data or {}
     if not isinstance(data, dict):
         raise HypError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
     return str(path), data

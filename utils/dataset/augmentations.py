@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -86,8 +87,10 @@ def box_candidates(box1: np.ndarray, box2: np.ndarray, wh_thr: float = 2, ar_thr
 
 def random_perspective(im: np.ndarray, targets: np.ndarray | tuple = (), degrees: float = 10, translate: float = 0.1,
                        scale: float = 0.1, shear: float = 10, perspective: float = 0.0,
-                       border: tuple[int, int] = (0, 0),
-                       rng: random.Random | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       border: tuple[int, int] = (0, 0), rng: random.Random | None = None,
+                       min_side: float = 2.0,
+                       on_boxes: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Random rotation/scale/shear/translation/perspective warp of an image and its boxes (YOLOv5 v7.0).
 
     Args:
@@ -96,6 +99,10 @@ def random_perspective(im: np.ndarray, targets: np.ndarray | tuple = (), degrees
         targets: (n, 5) [cls, x1, y1, x2, y2] in input pixels of ``im``.
         degrees, shear: +/- degrees; translate: +/- fraction of the output size; scale: gain in [1 - s, 1 + s];
         perspective: +/- fraction (0 to 0.001).
+        min_side: ``box_candidates``' ``wh_thr``: boxes with a side <= this many output px are dropped (YOLOv5: 2).
+        on_boxes: called once with what happened to the input boxes, ``(area (n,) px² before the warp, inside (n,)
+            bool: the warped box lies wholly inside the output, kept (n,) bool)``; ``inside & ~kept`` are the
+            boxes lost to the size rules rather than cropped away (utils/dataset/aug_stats.py counts them).
     Returns:
         (warped image, (m, 5) targets in output pixels, clipped to it; boxes failing ``box_candidates`` dropped).
     """
@@ -138,9 +145,12 @@ def random_perspective(im: np.ndarray, targets: np.ndarray | tuple = (), degrees
         xy = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(n, 8)
         x, y = xy[:, [0, 2, 4, 6]], xy[:, [1, 3, 5, 7]]
         new = np.stack((x.min(1), y.min(1), x.max(1), y.max(1)), 1)
+        inside = (new[:, 0] >= 0) & (new[:, 1] >= 0) & (new[:, 2] <= width) & (new[:, 3] <= height)
         new[:, [0, 2]] = new[:, [0, 2]].clip(0, width)
         new[:, [1, 3]] = new[:, [1, 3]].clip(0, height)
-        keep = box_candidates(box1=targets[:, 1:5].T * s, box2=new.T, area_thr=0.10)
+        keep = box_candidates(box1=targets[:, 1:5].T * s, box2=new.T, wh_thr=min_side, area_thr=0.10)
+        if on_boxes is not None:
+            on_boxes((targets[:, 3] - targets[:, 1]) * (targets[:, 4] - targets[:, 2]), inside, keep)
         targets = targets[keep]
         targets[:, 1:5] = new[keep]
     return im, targets

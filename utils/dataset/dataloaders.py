@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, distributed, get_worker_info
 from tqdm import tqdm
 
 from utils.config.hyp import Hyp, hyp_from_model_or_dict
+from utils.dataset.aug_stats import AugLossCounter
 from utils.dataset.augmentations import augment_hsv, letterbox, mixup, random_perspective
 from utils.dataset.copy_paste import POOL_IMAGES, paste_small_objects
 from utils.dataset.ignore import fill_ignore, to_pixels
@@ -52,11 +53,13 @@ class LoadImagesAndLabels(Dataset):
 
     Attributes (YOLOv5-compatible): ``im_files``, ``label_files``, ``labels`` (list of (n_i, 5) [cls, x, y, w, h]
     normalised), ``shapes`` (n, 2) (width, height) original pixels, ``n``, ``batch``, ``batch_shapes`` (rect),
-    ``counts`` (found/missing/empty/corrupt/total) and ``messages`` from the label scan. ``ignores[i]``: image
-    i's ignore areas (m, 4) [x1, y1, x2, y2] normalised, or None without any (utils/dataset/ignore.py); ``load_image``
-    fills them with the letterbox grey before any augmentation, and val.py drops detections centred in them.
-    ``__getitem__`` -> (img (3, H, W) uint8 RGB tensor, labels (n, 6) [0, cls, x, y, w, h] normalised, path,
-    shapes ``((h0, w0), ((h / h0, w / w0), (padw, padh)))`` for rescaling to original pixels, None for mosaics).
+    ``counts`` (found/missing/empty/corrupt/total) and ``messages`` from the label scan. ``aug_lost`` (augmenting
+    sets only, else None): the per-size counts of labels augmentation dropped (utils/dataset/aug_stats.py).
+    ``ignores[i]``: image i's ignore areas (m, 4) [x1, y1, x2, y2] normalised, or None without any
+    (utils/dataset/ignore.py); ``load_image`` fills them with the letterbox grey before any augmentation, and val.py
+    drops detections centred in them. ``__getitem__`` -> (img (3, H, W) uint8 RGB tensor, labels (n, 6) [0, cls, x, y,
+    w, h] normalised, path, shapes ``((h0, w0), ((h / h0, w / w0), (padw, padh)))`` for rescaling to original pixels,
+    None for mosaics).
     """
 
     def __init__(self, path: str | Path | list, img_size: int = 640, batch_size: int = 16, augment: bool = False,
@@ -68,6 +71,7 @@ class LoadImagesAndLabels(Dataset):
         self.mosaic = augment and not rect
         self.mosaic_border = (-img_size // 2, -img_size // 2)
         self.path = path
+        self.aug_lost = AugLossCounter() if augment else None  # labels augmentation drops (utils/dataset/aug_stats.py)
         self.reseed(seed)
 
         im_files = list_image_files(path, prefix)
@@ -273,7 +277,8 @@ class LoadImagesAndLabels(Dataset):
                                                 max_area=hyp.small_paste_area, blend=hyp.small_paste_blend,
                                                 pool=pool)
         return random_perspective(img4, labels4, degrees=hyp.degrees, translate=hyp.translate, scale=hyp.scale,
-                                  shear=hyp.shear, perspective=hyp.perspective, border=self.mosaic_border, rng=rng)
+                                  shear=hyp.shear, perspective=hyp.perspective, border=self.mosaic_border, rng=rng,
+                                  min_side=hyp.aug_min_side, on_boxes=self.aug_lost)
 
     def __getitem__(self, index: int):
         index = self.indices[index]
@@ -294,7 +299,7 @@ class LoadImagesAndLabels(Dataset):
             if self.augment:
                 img, labels = random_perspective(img, labels, degrees=hyp.degrees, translate=hyp.translate,
                                                  scale=hyp.scale, shear=hyp.shear, perspective=hyp.perspective,
-                                                 rng=rng)
+                                                 rng=rng, min_side=hyp.aug_min_side, on_boxes=self.aug_lost)
         nl = len(labels)
         if nl:
             labels[:, 1:5] = xyxy2xywhn(labels[:, 1:5], w=img.shape[1], h=img.shape[0], clip=True, eps=1e-3)

@@ -85,6 +85,12 @@ def imread(path: str) -> np.ndarray | None:
         return None
 
 
+def skipped_message(path: str | Path) -> str:
+    """The warning for an input file that could not be read (not an image or video, damaged, or an image over
+    OpenCV's limit of 2^30 pixels)."""
+    return f"could not be read as an image or video, skipped: {path}"
+
+
 def prepare_image(im0: np.ndarray, img_size: int, stride: int, auto: bool) -> np.ndarray:
     """(h0, w0, 3) BGR original pixels -> (3, H, W) uint8 RGB letterboxed to ``img_size`` input px (the network's
     input before scaling to [0, 1]); ``auto``: minimal padding to a multiple of ``stride``."""
@@ -103,9 +109,10 @@ class LoadImages:
     """Images and videos for inference: files, folders, globs, .txt lists (as ``list_image_files``) and videos.
 
     Iterating yields (path, im (3, H, W) uint8 RGB letterboxed numpy array, im0 (h0, w0, 3) BGR original pixels,
-    cv2.VideoCapture or None, description string). Unreadable images are reported (warning) and skipped. Videos
-    give every ``vid_stride``-th frame (frames N, 2N, ... numbered 1, 2, ... in ``frame``); ``fps`` is their rate
-    (source fps / ``vid_stride``), for writing results at the source's speed.
+    cv2.VideoCapture or None, description string). Unreadable images and videos are skipped, listed in ``skipped``
+    and reported (one warning each, unless ``warn`` is False). Videos give every ``vid_stride``-th frame (frames N,
+    2N, ... numbered 1, 2, ... in ``frame``); ``fps`` is their rate (source fps / ``vid_stride``), for writing
+    results at the source's speed.
     """
 
     def __init__(self, path: str | Path | list, img_size: int = 640, stride: int = 32, auto: bool = True,
@@ -134,13 +141,20 @@ class LoadImages:
         self.nf, self.img_size, self.stride, self.auto, self.vid_stride = len(self.files), img_size, stride, auto, \
             vid_stride
         self.cap, self.frame, self.frames, self.fps = None, 0, 0, 30.0
+        self.skipped: list[str] = []  # files that could not be read, in order
+        self.warn = True
 
     def __len__(self) -> int:
         return self.nf
 
     def __iter__(self):
-        self.count = 0
+        self.count, self.skipped = 0, []
         return self
+
+    def _skip(self, path: str) -> None:
+        self.skipped.append(path)
+        if self.warn:
+            LOGGER.warning(skipped_message(path))
 
     def _open_video(self, path: str) -> None:
         self.cap = cv2.VideoCapture(path)
@@ -159,7 +173,7 @@ class LoadImages:
                 ok, im0 = self.cap.read()
                 if not ok:  # end of this video (or unreadable): next file
                     if self.frame == 0:
-                        LOGGER.warning(f"video could not be read, skipped: {path}")
+                        self._skip(path)
                     self.cap.release()
                     self.cap, self.count = None, self.count + 1
                     continue
@@ -168,8 +182,8 @@ class LoadImages:
             else:
                 self.count += 1
                 im0 = imread(path)  # honours EXIF orientation
-                if im0 is None:
-                    LOGGER.warning(f"image could not be read, skipped: {path}")
+                if im0 is None:  # not an image, or over OpenCV's pixel limit (2^30 px)
+                    self._skip(path)
                     continue
                 s = f"image {self.count}/{self.nf} {path}: "
             return path, prepare_image(im0, self.img_size, self.stride, self.auto), im0, self.cap, s

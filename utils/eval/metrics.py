@@ -2,7 +2,7 @@
 
 Units: boxes are xyxy in any one unit shared by detections and labels (val.py passes original-image pixels);
 confidences are in [0, 1]; IoU thresholds are dimensionless. Numbers match the v7.0 reference within 1e-6
-(tests/test_metrics.py), including its known quirk that a perfect detector scores AP = 0.995, not 1.0: the
+(tests/eval/test_metrics.py), including its known quirk that a perfect detector scores AP = 0.995, not 1.0: the
 101-point interpolation reads precision 0 at recall exactly 1 (the end sentinel), and the trapezoid rule keeps
 half of the last 0.01-wide slice.
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from utils.ops.boxes import box_iou
+from utils.ops.boxes import box_iou_blocks
 
 N_CONF_POINTS = 1000  # confidence grid of the P/R/F1 curves (px in [0, 1])
 N_AP_POINTS = 101  # COCO's 101-point recall grid
@@ -181,6 +181,19 @@ def _best_label(iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return iou.shape[0] - 1 - flipped, best_iou
 
 
+def _best_labels(labels: torch.Tensor, detections: torch.Tensor, same_class: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_best_label` of the (M, N) IoU of labels (M, 5) [cls, x1, y1, x2, y2] with detections (N, 6)
+    [x1, y1, x2, y2, conf, cls], -1 between different classes when ``same_class``. Computed by blocks of
+    detections (``box_iou_blocks``): the same result with memory bounded whatever M (a label file may hold 10^6
+    boxes). Returns best label index (N,) and its IoU (N,)."""
+    parts = []
+    for s, iou in box_iou_blocks(labels[:, 1:5], detections[:, :4]):  # (M, k)
+        if same_class:
+            iou = torch.where(labels[:, 0:1] == detections[s, 5], iou, -1.0)
+        parts.append(_best_label(iou))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 def match_predictions(detections: torch.Tensor, labels: torch.Tensor, iouv: torch.Tensor) -> torch.Tensor:
     """Correct-prediction matrix of one image, v7.0 ``process_batch`` semantics.
 
@@ -194,15 +207,14 @@ def match_predictions(detections: torch.Tensor, labels: torch.Tensor, iouv: torc
     correct = torch.zeros((n, t), dtype=torch.bool, device=iouv.device)
     if n == 0 or m == 0:
         return correct
-    iou = box_iou(labels[:, 1:5], detections[:, :4])  # (M, N)
-    iou = torch.where(labels[:, 0:1] == detections[:, 5], iou, -1.0)
-    best, best_iou = _best_label(iou)  # (N,), (N,)
-    has = best_iou[:, None] >= iouv.to(iou)[None]  # (N, T): the best label passes the threshold
-    det_idx = torch.arange(n, device=iou.device)
+    best, best_iou = _best_labels(labels, detections, same_class=True)  # (N,), (N,)
+    has = best_iou[:, None] >= iouv.to(best_iou)[None]  # (N, T): the best label passes the threshold
+    det_idx = torch.arange(n, device=best.device)
     key = torch.where(has, det_idx[:, None], n)  # (N, T)
-    first = torch.full((m, t), n, device=iou.device, dtype=key.dtype)
-    first = first.scatter_reduce(0, best[:, None].expand(n, t), key, "amin")  # (M, T) first proposer per label
-    won = first.gather(0, best[:, None].expand(n, t)) == det_idx[:, None]
+    wanted, slot = torch.unique(best, return_inverse=True)  # only proposed labels compete: (U,) U <= N
+    first = torch.full((len(wanted), t), n, device=best.device, dtype=key.dtype)
+    first = first.scatter_reduce(0, slot[:, None].expand(n, t), key, "amin")  # (U, T) first proposer per label
+    won = first.gather(0, slot[:, None].expand(n, t)) == det_idx[:, None]
     return (has & won).to(iouv.device)
 
 
@@ -231,8 +243,7 @@ class ConfusionMatrix:
         n, m = len(det_cls), len(gt_cls)
         gt_det = np.full(m, -1)  # matched detection per label
         if n and m:
-            iou = box_iou(labels[:, 1:5], detections[:, :4])  # (M, N)
-            best, best_iou = _best_label(iou)
+            best, best_iou = _best_labels(labels, detections, same_class=False)
             best, best_iou = best.cpu().numpy(), best_iou.cpu().numpy()
             for j in np.flatnonzero(best_iou > self.iou_thres)[np.argsort(best_iou[best_iou > self.iou_thres])]:
                 gt_det[best[j]] = j  # ascending IoU: the highest-IoU detection of each label is written last

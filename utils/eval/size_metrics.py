@@ -16,18 +16,17 @@ at one operating confidence (the overall max-F1 one) and averaged the same way.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from utils.config.protocols import AITOD_NAMES, AITOD_SIDES
 from utils.eval.metrics import compute_ap
-from utils.ops.boxes import box_area, box_iou
+from utils.ops.boxes import box_area, box_iou, iou_block_slices
 
 DEFAULT_IOUV = np.linspace(0.5, 0.95, 10)
-AITOD_SIDES = (0, 8, 16, 32, 64, math.inf)  # AI-TOD: sqrt(area) edges in pixels
-AITOD_NAMES = ("very_tiny", "tiny", "small", "medium", "large")
 
 
 @dataclass(frozen=True)
@@ -66,11 +65,38 @@ def size_buckets(spec: str | Sequence[float] = "tiny", tfl_s: float = 1024) -> t
     return tuple(SizeBucket(f"[{a:g},{b:g})", a, b) for a, b in zip(edges, edges[1:]))
 
 
-def _greedy_match(iou: np.ndarray, gt_ignore: np.ndarray, det_outside: np.ndarray,
+class _ClassIoU:
+    """Class-aware IoU of M labels with N detections (-1 where classes differ), float64 numpy, read by blocks of
+    detection columns. Held whole when M x N <= IOU_BLOCK_PAIRS (the usual case: computed once, shared by every
+    bucket); else each block is computed when it is read, so a label file of 10^6 boxes needs no (M, N) matrix."""
+
+    def __init__(self, lab: torch.Tensor, det: torch.Tensor) -> None:
+        self.lab, self.det, self.shape = lab, det, (len(lab), len(det))
+        self.slices = list(iou_block_slices(*self.shape))
+        self.whole = self._compute(slice(None)) if len(self.slices) <= 1 else None
+
+    def _compute(self, s: slice) -> np.ndarray:
+        det = self.det[s]
+        return torch.where(self.lab[:, 0:1] == det[:, 5], box_iou(self.lab[:, 1:5], det[:, :4]), -1.0).numpy()
+
+    def blocks(self) -> Iterator[tuple[slice, np.ndarray]]:
+        """(s, (M, k) IoU with detections s) for consecutive slices covering all N detections."""
+        if self.whole is not None:
+            yield slice(0, self.shape[1]), self.whole
+            return
+        for s in self.slices:
+            yield s, self._compute(s)
+
+    def column(self, d: int) -> np.ndarray:
+        """(M,) IoU of detection ``d`` with every label."""
+        return self.whole[:, d] if self.whole is not None else self._compute(slice(d, d + 1))[:, 0]
+
+
+def _greedy_match(iou: _ClassIoU, gt_ignore: np.ndarray, det_outside: np.ndarray,
                   iouv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """pycocotools' greedy matching with ignored ground truths, all thresholds at once.
 
-    iou: (M, N) IoU, -1 where classes differ, detections in decreasing confidence; gt_ignore: (M,) bool;
+    iou: (M, N) class-aware IoU by blocks, detections in decreasing confidence; gt_ignore: (M,) bool;
     det_outside: (N,) bool, detection area outside the bucket; iouv: (T,).
     Returns correct (N, T) and keep (N, T) bool: keep is False where the detection is ignored.
     """
@@ -79,23 +105,30 @@ def _greedy_match(iou: np.ndarray, gt_ignore: np.ndarray, det_outside: np.ndarra
     correct, ignored = np.zeros((n, t), bool), np.zeros((n, t), bool)
     if m == 0 or n == 0:
         return correct, ~det_outside[:, None] & ~correct
-    cand = iou >= iouv[0]  # (M, N) pairs that can match at some threshold
-    contested = cand.sum(1) > 1  # ground truths wanted by several detections: the greedy order matters
-    loop = (cand & contested[:, None]).any(0)
-    free = cand.any(0) & ~loop  # detections whose candidates nobody else wants: no competition
-    ok = iou[:, free][None] >= iouv[:, None, None]  # (T, M, Nf)
-    hit_in = (ok & ~gt_ignore[None, :, None]).any(1)  # pycocotools prefers a non-ignored ground truth
-    correct[free] = hit_in.T
-    ignored[free] = ((ok & gt_ignore[None, :, None]).any(1) & ~hit_in).T
+    wanted = np.zeros(m, np.int64)  # per ground truth: detections it is a candidate of (IoU >= the lowest threshold)
+    for _, blk in iou.blocks():
+        wanted += (blk >= iouv[0]).sum(1)
+    contested = wanted > 1  # ground truths wanted by several detections: the greedy order matters
+    loop = np.zeros(n, bool)
+    for s, blk in iou.blocks():
+        cand = blk >= iouv[0]  # (M, k) pairs that can match at some threshold
+        loop[s] = (cand & contested[:, None]).any(0)
+        free = cand.any(0) & ~loop[s]  # detections whose candidates nobody else wants: no competition
+        ok = blk[:, free][None] >= iouv[:, None, None]  # (T, M, Nf)
+        hit_in = (ok & ~gt_ignore[None, :, None]).any(1)  # pycocotools prefers a non-ignored ground truth
+        rows = np.flatnonzero(free) + s.start
+        correct[rows] = hit_in.T
+        ignored[rows] = ((ok & gt_ignore[None, :, None]).any(1) & ~hit_in).T
     taken = np.zeros((t, m), bool)
     order = np.concatenate([np.flatnonzero(~gt_ignore), np.flatnonzero(gt_ignore)])  # non-ignored first
-    iou_o, ign_o = iou[order], gt_ignore[order]
+    ign_o = gt_ignore[order]
     rows = np.arange(t)
     for d in np.flatnonzero(loop):  # in decreasing confidence
-        c = (iou_o[:, d][None] >= iouv[:, None]) & ~taken  # (T, M)
+        col = iou.column(d)[order]
+        c = (col[None] >= iouv[:, None]) & ~taken  # (T, M)
         prefer = c & ~ign_o
         c = np.where(prefer.any(1, keepdims=True), prefer, c)
-        g = m - 1 - np.where(c, iou_o[:, d][None], -np.inf)[:, ::-1].argmax(1)  # ties: the last, as pycocotools
+        g = m - 1 - np.where(c, col[None], -np.inf)[:, ::-1].argmax(1)  # ties: the last, as pycocotools
         hit = c[rows, g]
         taken[rows[hit], g[hit]] = True
         correct[d] = hit & ~ign_o[g]
@@ -105,18 +138,14 @@ def _greedy_match(iou: np.ndarray, gt_ignore: np.ndarray, det_outside: np.ndarra
 
 
 def _sorted_iou(detections: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
-                ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+                ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, _ClassIoU]:
     """-> (order (N,), detections (N, 6) float64 by decreasing confidence (stable), labels (M, 5) float64,
     class-aware IoU (M, N) with -1 where classes differ), on the CPU."""
     det = torch.as_tensor(detections).detach().to("cpu", torch.float64).reshape(-1, 6)
     lab = torch.as_tensor(labels).detach().to("cpu", torch.float64).reshape(-1, 5)
     order = torch.argsort(-det[:, 4], stable=True)
     det = det[order]
-    if len(det) and len(lab):
-        iou = torch.where(lab[:, 0:1] == det[:, 5], box_iou(lab[:, 1:5], det[:, :4]), -1.0).numpy()
-    else:
-        iou = np.zeros((len(lab), len(det)))
-    return order.numpy(), det, lab, iou
+    return order.numpy(), det, lab, _ClassIoU(lab, det)
 
 
 def match_predictions_in_range(detections: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,

@@ -15,18 +15,21 @@ from utils.plots import color
 
 
 def annotate(im: np.ndarray, det: np.ndarray, names: dict[int, str], line_thickness: int | None = 3,
-             hide_labels: bool = False, hide_conf: bool = False) -> np.ndarray:
-    """Draw (n, 6) original-px detections on a copy of the BGR image ``im``; returns the copy."""
+             hide_labels: bool = False, hide_conf: bool = False, ids: np.ndarray | None = None) -> np.ndarray:
+    """Draw (n, 6) original-px detections on a copy of the BGR image ``im``; returns the copy. With track ``ids``
+    (n,), a detection of track k is drawn in track k's colour with ``#k`` before its label (-1: no track)."""
     im = im.copy()
     lw = line_thickness or max(round(sum(im.shape[:2]) / 2 * 0.003), 2)
-    for *xyxy, conf, cls in det.tolist():
+    for j, (*xyxy, conf, cls) in enumerate(det.tolist()):
         c = int(cls)
-        bgr = color(c)[::-1]
+        k = -1 if ids is None else int(ids[j])
+        bgr = color(k if k >= 0 else c)[::-1]
         p1, p2 = (int(xyxy[0]), int(xyxy[1])), (int(xyxy[2]), int(xyxy[3]))
         cv2.rectangle(im, p1, p2, bgr, thickness=lw, lineType=cv2.LINE_AA)
         if hide_labels:
             continue
         label = names.get(c, str(c)) if hide_conf else f"{names.get(c, str(c))} {conf:.2f}"
+        label = f"#{k} {label}" if k >= 0 else label
         tf = max(lw - 1, 1)
         tw, th = cv2.getTextSize(label, 0, fontScale=lw / 3, thickness=tf)[0]
         outside = p1[1] - th - 3 >= 0  # label above the box when it fits

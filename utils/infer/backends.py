@@ -94,6 +94,21 @@ def decode_props(props: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def fixed_side(backend: Any) -> int | None:
+    """The side (input px) of the largest square input a model exported at a fixed size takes: its smaller fixed
+    spatial dimension (smaller inputs are padded up by :func:`fit_fixed_input`). None when height and width are
+    dynamic, or for a backend without an input ``shape`` (PyTorch)."""
+    dims = [d for d in (getattr(backend, "shape", None) or [])[2:] if isinstance(d, int) and d > 0]
+    return min(dims) if dims else None
+
+
+def fixed_size_notice(weights: str | Path, fixed: int | tuple[int, int]) -> str:
+    """The one line detect.py, the hub and val.py log when a fixed-size export overrides the requested size;
+    ``fixed``: its side, or (h, w) input px."""
+    size = fixed if isinstance(fixed, int) else str(fixed[0]) if fixed[0] == fixed[1] else f"{fixed[0]}x{fixed[1]}"
+    return f"{weights}: exported at a fixed {size} px: using imgsz {size}"
+
+
 def fit_fixed_input(x: np.ndarray, shape: list, path: Path) -> np.ndarray:
     """Pad (bs, 3, h, w) ``x`` right/bottom with grey up to a fixed exported (h, w) so that coordinates are unchanged.
     ``shape``: the model's input shape, ints for fixed axes. Raises ValueError when ``x`` is larger."""

@@ -13,6 +13,7 @@ obj, cls...]`` in input pixels, as float32.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,17 @@ from utils.dataset.augmentations import letterbox
 from utils.dataset.sources import imread
 from utils.downloads import attempt_download_weights
 from utils.errors import UserError
-from utils.infer.backends import Backend, OpenVinoBackend, TorchScriptBackend, decode_props, fit_fixed_input
+from utils.infer.backends import (
+    Backend,
+    OpenVinoBackend,
+    TorchScriptBackend,
+    decode_props,
+    fit_fixed_input,
+    fixed_side,
+    fixed_size_notice,
+)
 from utils.infer.slicing import sliced_detect
+from utils.ops.box_merge import MATCH_METRICS, MERGE_METHODS, NMS_METHODS, NWD_C, check_choice
 from utils.ops.boxes import scale_boxes
 from utils.ops.nms import non_max_suppression
 from utils.torch_utils import select_device, time_sync
@@ -32,7 +42,30 @@ from utils.torch_utils import select_device, time_sync
 LOGGER = logging.getLogger(__name__)
 DEFAULT_IMGSZ = 640  # input px when the weights do not record their training size (official YOLOv5 weights: 640)
 FAR_FACTOR = 2.0  # an inference size more than this factor from the training size gets a warning
+# Largest validation size (input px): boxes then stay inside NMS's per-class offset (utils.ops.nms.MAX_WH = 7680 px)
+# with rect padding, and one 7168 px image is already 0.6 GB as float32 (99999 px asks OpenCV for 30 GB).
+MAX_IMGSZ = 7168
 _Backend = Backend  # its name before it moved to utils.infer.backends (stub backends in tests subclass it)
+
+
+def size_check(sizes: int | list[int] | None, bounded: bool = True) -> tuple[bool, str]:
+    """``utils.cli.check_args``'s (ok, requirement) for input sizes (px): each in [1, MAX_IMGSZ] (``bounded``, else
+    >= 1); None passes. A list (``--study-sizes``) must not be empty."""
+    many = isinstance(sizes, list)
+    ok = sizes is None or (len(sizes) > 0 if many else True) and all(
+        1 <= s <= (MAX_IMGSZ if bounded else math.inf) for s in (sizes if many else [sizes]))
+    what = "be sizes in" if many else "be in"
+    return ok, (f"must {what} [1, {MAX_IMGSZ}] px, got {sizes}" if bounded else f"must be >= 1, got {sizes}")
+
+
+def validation_input(backend: Backend, imgsz: int, weights: str | Path) -> tuple[int, bool]:
+    """(input px, rect batches) to validate ``backend`` with at ``imgsz``: rect batches as YOLOv5 does, except for a
+    model exported at a fixed size: its size with square batches (rect ones are padded past it), said in one line."""
+    fixed = fixed_side(backend)
+    if fixed is None:
+        return imgsz, True
+    LOGGER.warning(f"{fixed_size_notice(weights, fixed)} with square batches (rect batches would exceed it)")
+    return fixed, False
 
 
 def default_imgsz(requested: int | None, trained: int | None) -> int:
@@ -153,7 +186,9 @@ class Detector:
 
     ``image`` is an HWC uint8 BGR array (OpenCV order) or a path; boxes come back as (n, 4) float32 xyxy in
     original-image pixels, scores (n,) float32, classes (n,) int64, by decreasing score. ``slice`` > 0 runs sliced
-    inference with tiles of that many original pixels (``slice_full`` adds the whole image downscaled). ``imgsz``
+    inference with tiles of that many original pixels (``slice_full`` adds the whole image downscaled; the tiles
+    are combined by ``slice_merge`` on ``slice_match``, utils/infer/slicing.py). ``nms``: 'iou' or 'nwd' (``nwd_c`` px,
+    ``iou_thres`` is then the NWD threshold). ``imgsz``
     (input px) defaults to the size the weights were trained at (:func:`default_imgsz`); a size more than 2x from
     it is warned about.
     """
@@ -161,7 +196,8 @@ class Detector:
     def __init__(self, weights: str | Path, imgsz: int | None = None, conf_thres: float = 0.25, iou_thres: float = 0.45,
                  max_det: int = 300, device: str | torch.device = "", slice: int = 0, slice_overlap: float = 0.2,
                  slice_full: bool = False, slice_batch: int = 8, classes: list[int] | None = None,
-                 agnostic: bool = False, half: bool = False):
+                 agnostic: bool = False, half: bool = False, nms: str = "iou", nwd_c: float = NWD_C,
+                 slice_merge: str = "nms", slice_match: str | None = None, slice_match_thres: float | None = None):
         self.backend = load_backend(weights, device=device, half=half)
         self.stride = int(self.backend.stride.max())
         imgsz = default_imgsz(imgsz, self.backend.train_imgsz)
@@ -172,13 +208,17 @@ class Detector:
         if not self.backend.dynamic:
             fixed = self.backend.shape[2]
             if imgsz != fixed:
-                LOGGER.warning(f"{weights}: exported at a fixed {fixed} px: using imgsz {fixed}")
+                LOGGER.warning(fixed_size_notice(weights, fixed))
                 imgsz = fixed
         warn_far_from_trained(imgsz, self.backend.train_imgsz, weights)
         self.imgsz, self.conf_thres, self.iou_thres, self.max_det = imgsz, conf_thres, iou_thres, max_det
         self.slice, self.slice_overlap, self.slice_full, self.slice_batch = slice, slice_overlap, slice_full, \
             slice_batch
         self.classes, self.agnostic = classes, agnostic
+        self.nms, self.nwd_c = check_choice("nms", nms, NMS_METHODS), nwd_c
+        self.slice_merge = check_choice("slice merge", slice_merge, MERGE_METHODS)
+        self.slice_match = None if slice_match is None else check_choice("slice match", slice_match, MATCH_METRICS)
+        self.slice_match_thres = slice_match_thres
         self.names = self.backend.names
 
     def detect(self, im0: np.ndarray, im: np.ndarray | None = None,
@@ -194,7 +234,9 @@ class Detector:
         if self.slice:
             return sliced_detect(im0, self.backend, self.imgsz, self.slice, self.slice_overlap, self.slice_full,
                                  self.slice_batch, self.conf_thres, self.iou_thres, self.classes, self.agnostic,
-                                 self.max_det, device=self.backend.device, times=times)
+                                 self.max_det, device=self.backend.device, times=times, nms=self.nms,
+                                 merge=self.slice_merge, match=self.slice_match, match_thres=self.slice_match_thres,
+                                 nwd_c=self.nwd_c)
         t0 = time_sync()
         if im is None:
             im = letterbox(im0, self.imgsz, stride=self.stride, auto=self.backend.dynamic)[0].transpose(2, 0, 1)[::-1]
@@ -203,7 +245,7 @@ class Detector:
         pred = self.backend(x)
         t2 = time_sync()
         det = non_max_suppression(pred, self.conf_thres, self.iou_thres, self.classes, self.agnostic,
-                                  max_det=self.max_det)[0]
+                                  max_det=self.max_det, method=self.nms, nwd_c=self.nwd_c)[0]
         scale_boxes(x.shape[2:], det[:, :4], im0.shape[:2])
         t3 = time_sync()
         for i, t in enumerate((t1 - t0, t2 - t1, t3 - t2)):

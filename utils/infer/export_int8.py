@@ -28,7 +28,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from utils.dataset.augmentations import letterbox
-from utils.dataset.sources import imread, list_image_files
+from utils.dataset.sources import DatasetNotFoundError, imread, list_image_files
 
 LOGGER = logging.getLogger(__name__)
 CHUNK = 4  # calibration images whose intermediate tensors are held at once (yolov5s at 640 px: ~0.25 GB each)
@@ -36,11 +36,21 @@ CHUNK = 4  # calibration images whose intermediate tensors are held at once (yol
 
 def calibration_files(d: dict, n: int) -> list[str]:
     """``n`` images of the train split of the checked data YAML ``d`` (``data.prepare.check_dataset``; all when
-    fewer), evenly spaced through its sorted file list so that every part of the split is represented. Raises
-    DatasetNotFoundError naming the file."""
+    fewer), evenly spaced through its sorted file list so that every part of the split is represented, each read
+    once here: unreadable ones (missing files of a .txt list, damaged images) are dropped with a warning. Called
+    before anything is written. Raises DatasetNotFoundError naming the file, also when none of the chosen images
+    is readable."""
     files = list_image_files(d["train"], prefix="train: ")
     idx = np.unique(np.linspace(0, len(files) - 1, min(n, len(files))).round().astype(int))
-    return [files[i] for i in idx]
+    chosen = [files[i] for i in idx]
+    ok = [imread(f) is not None for f in chosen]
+    if not any(ok):
+        raise DatasetNotFoundError(f"train: none of the {len(chosen)} calibration images of {d['train']} is a readable "
+                                   f"image (first: {chosen[0]})")
+    for f, good in zip(chosen, ok):
+        if not good:
+            LOGGER.warning(f"int8 calibration: {f} is not a readable image, skipped")
+    return [f for f, good in zip(chosen, ok) if good]
 
 
 class LetterboxReader(CalibrationDataReader):

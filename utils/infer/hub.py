@@ -39,9 +39,11 @@ from utils.checkpoints import load_checkpoint, load_model, trained_imgsz, transf
 from utils.dataset.augmentations import letterbox
 from utils.dataset.sources import imread
 from utils.errors import UserError
+from utils.infer.backends import fixed_size_notice
 from utils.infer.detector import TorchBackend, default_imgsz, load_backend
 from utils.infer.results import Detections
 from utils.infer.slicing import sliced_detect
+from utils.ops.box_merge import NWD_C
 from utils.ops.boxes import scale_boxes
 from utils.ops.nms import non_max_suppression
 from utils.torch_utils import select_device, time_sync
@@ -50,7 +52,8 @@ LOGGER = logging.getLogger(__name__)
 MODEL_NAMES = tuple(f"yolov5{s}{p6}" for p6 in ("", "6") for s in "nsmlx")  # hubconf entries with official weights
 URL_TIMEOUT_S = 30.0
 SETTINGS = ("conf", "iou", "agnostic", "multi_label", "classes", "max_det", "size", "batch_size", "slice",
-            "slice_overlap", "slice_full", "slice_batch")  # AutoShape attributes the builders accept by name
+            "slice_overlap", "slice_full", "slice_batch", "nms", "nwd_c", "slice_merge", "slice_match",
+            "slice_match_thres")  # AutoShape attributes the builders accept by name
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
@@ -121,7 +124,10 @@ class AutoShape(nn.Module):
     ``agnostic`` (class-agnostic NMS), ``multi_label`` (one box per passing class; not with slicing), ``classes``
     (keep only these ids, or None), ``max_det``, ``size`` (default inference size, input px: the size the weights
     were trained at, else 640), ``batch_size`` (images per forward), ``slice`` (tile size in original px, 0 = off),
-    ``slice_overlap``, ``slice_full`` (add the whole image downscaled), ``slice_batch`` (tiles per forward).
+    ``slice_overlap``, ``slice_full`` (add the whole image downscaled), ``slice_batch`` (tiles per forward),
+    ``nms`` ('iou' or 'nwd': NWD NMS, ``iou`` is then its threshold), ``nwd_c`` (NWD's constant, px),
+    ``slice_merge`` ('nms', 'nmm', 'greedy-nmm'), ``slice_match`` ('iou', 'ios', 'nwd'; None: as ``nms``) and
+    ``slice_match_thres`` (None: ``iou``), as utils/infer/slicing.py.
     ``.to(device)`` / ``.cuda()`` / ``.cpu()`` / ``.half()`` move a PyTorch model and are followed by the inputs.
     """
 
@@ -136,6 +142,11 @@ class AutoShape(nn.Module):
     slice_overlap = 0.2
     slice_full = False
     slice_batch = 8
+    nms = "iou"
+    nwd_c = NWD_C
+    slice_merge = "nms"
+    slice_match: str | None = None
+    slice_match_thres: float | None = None
 
     def __init__(self, backend: Any, size: int | None = None):
         super().__init__()
@@ -145,6 +156,7 @@ class AutoShape(nn.Module):
         self.names = dict(backend.names)
         self.stride = int(backend.stride.max())
         self.size = default_imgsz(size, backend.train_imgsz)
+        self._noticed: set[tuple[int, int]] = set()  # sizes a fixed-size export has overridden (said once each)
 
     def _apply(self, fn, *args, **kwargs):  # nn.Module.to / cuda / cpu / half go through here
         super()._apply(fn, *args, **kwargs)
@@ -159,14 +171,19 @@ class AutoShape(nn.Module):
 
     def input_shape(self, size: int | tuple[int, int] | list[int] | None) -> tuple[int, int]:
         """(h, w) input px for ``size`` (an int long side, or (h, w)), rounded up to multiples of the stride; the
-        fixed size of an ONNX model exported without ``--dynamic``. Raises ValueError for sizes < 1."""
+        fixed size of an ONNX model exported without ``--dynamic``, with detect.py's notice (once per size) when it
+        differs. Raises ValueError for sizes < 1."""
         size = self.size if size is None else size
         hw = (size, size) if isinstance(size, int | float) else tuple(size)
         if len(hw) != 2 or min(hw) < 1:
             raise UserError(f"size must be a positive int or (height, width) in input px, got {size!r}")
         out = tuple(int(np.ceil(v / self.stride) * self.stride) for v in hw)
         if not getattr(self.backend, "dynamic", True):
-            out = tuple(int(v) for v in self.backend.shape[2:])
+            fixed = tuple(int(v) for v in self.backend.shape[2:])
+            if out != fixed and out not in self._noticed:  # as detect.py: once (per size asked for)
+                self._noticed.add(out)
+                LOGGER.warning(fixed_size_notice(getattr(self.backend, "path", "model"), fixed))
+            out = fixed
         elif out != tuple(int(v) for v in hw):
             LOGGER.warning(f"size {size} is not a multiple of the stride {self.stride}: using {out}")
         return out
@@ -178,13 +195,15 @@ class AutoShape(nn.Module):
 
     def _nms(self, pred: torch.Tensor) -> list[torch.Tensor]:
         return non_max_suppression(pred, self.conf, self.iou, self.classes, self.agnostic, self.multi_label,
-                                   max_det=self.max_det)
+                                   max_det=self.max_det, method=self.nms, nwd_c=self.nwd_c)
 
     @torch.no_grad()
     def forward(self, ims: ImageInput | list | tuple | torch.Tensor, size: int | tuple[int, int] | None = None,
-                slice: int | tuple[int, float] | None = None) -> Detections | torch.Tensor:
+                slice: int | tuple[int, float] | None = None, tracker: Any = None) -> Detections | torch.Tensor:
         """Detect objects in ``ims`` (one image or a list); ``size`` overrides the inference size (input px, int
-        long side or (h, w)); ``slice`` overrides ``self.slice`` (tile px, or (tile px, overlap)).
+        long side or (h, w)); ``slice`` overrides ``self.slice`` (tile px, or (tile px, overlap)). ``tracker``
+        (e.g. ``utils.track.tracker.Tracker``: ``update(boxes, scores, classes, frame_bgr) -> ids``) takes the
+        images as the next frames of its video; the results then carry ``track_ids``.
         Returns Detections, or the raw prediction for a tensor input (module docstring)."""
         if isinstance(ims, torch.Tensor):
             if ims.ndim != 4 or ims.shape[1] != 3:
@@ -207,14 +226,18 @@ class AutoShape(nn.Module):
         else:
             preds, shapes = self._batched(rgb, shape, times)
         n = len(rgb)
-        return Detections(rgb, preds, files, tuple(t * 1e3 / n for t in times), self.names, shapes)
+        ids = None if tracker is None else [
+            tracker.update(d[:, :4], d[:, 4], d[:, 5], np.ascontiguousarray(im[..., ::-1]))
+            for d, im in ((p.detach().float().cpu().numpy(), im) for p, im in zip(preds, rgb))]
+        return Detections(rgb, preds, files, tuple(t * 1e3 / n for t in times), self.names, shapes, ids)
 
     def _sliced(self, rgb: np.ndarray, imgsz: int, tile: int, overlap: float, times: list[float]) -> torch.Tensor:
         """Sliced inference of one RGB image (detect.py --slice): (k, 6) original px."""
         bgr = np.ascontiguousarray(rgb[..., ::-1])
         return sliced_detect(bgr, self.backend, imgsz, tile, overlap, self.slice_full, self.slice_batch, self.conf,
                              self.iou, self.classes, self.agnostic, self.max_det, device=self.backend.device,
-                             times=times)
+                             times=times, nms=self.nms, merge=self.slice_merge, match=self.slice_match,
+                             match_thres=self.slice_match_thres, nwd_c=self.nwd_c)
 
     def _batched(self, rgb: list[np.ndarray], shape: tuple[int, int],
                  times: list[float]) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:

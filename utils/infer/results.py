@@ -51,11 +51,13 @@ class Detections:
         files: n output file names (``name.jpg``; ``image{i}.jpg`` for arrays and PIL images without a file).
         names: {class index: name}.
         n: number of images; t: (pre-process, inference, NMS) mean ms per image; s: input shapes (h, w) input px.
+        track_ids: None, or (when the call had a tracker) n (k,) int64 arrays: the track ID of each row of ``pred``
+            (-1: no confirmed track); ``pandas()`` then adds a ``track_id`` column and ``render()`` draws ``#ID``.
     """
 
     def __init__(self, ims: list[np.ndarray], pred: list[torch.Tensor], files: list[str],
                  times_ms: tuple[float, float, float] = (0.0, 0.0, 0.0), names: dict[int, str] | None = None,
-                 shapes: list[tuple[int, int]] | None = None):
+                 shapes: list[tuple[int, int]] | None = None, track_ids: list[np.ndarray] | None = None):
         if not len(ims) == len(pred) == len(files):
             raise ValueError(f"Detections needs one prediction and one file name per image, got {len(ims)} "
                              f"images, {len(pred)} predictions, {len(files)} file names")
@@ -64,6 +66,7 @@ class Detections:
         self.n = len(pred)
         self.t = tuple(float(x) for x in times_ms)
         self.s = list(shapes or [])
+        self.track_ids = None if track_ids is None else [np.asarray(i, np.int64) for i in track_ids]
         gn = [torch.tensor([im.shape[1], im.shape[0], im.shape[1], im.shape[0], 1, 1], dtype=torch.float32,
                            device=p.device) for im, p in zip(ims, pred)]  # (w, h, w, h, 1, 1) per image
         self.xyxy = pred
@@ -101,8 +104,8 @@ class Detections:
 
     def tolist(self) -> list[Detections]:
         """One single-image ``Detections`` per image (same names and per-image times)."""
-        return [Detections([self.ims[i]], [self.pred[i]], [self.files[i]], self.t, self.names,
-                           self.s[i:i + 1]) for i in range(self.n)]
+        return [Detections([self.ims[i]], [self.pred[i]], [self.files[i]], self.t, self.names, self.s[i:i + 1],
+                           None if self.track_ids is None else self.track_ids[i:i + 1]) for i in range(self.n)]
 
     # ------------------------------------------------------------------------------------------------ tables
     def pandas(self) -> Detections:
@@ -117,10 +120,13 @@ class Detections:
         for attr, cols in (("xyxy", XYXY_COLUMNS), ("xyxyn", XYXY_COLUMNS), ("xywh", XYWH_COLUMNS),
                            ("xywhn", XYWH_COLUMNS)):
             frames = []
-            for p in getattr(self, attr):
+            for i, p in enumerate(getattr(self, attr)):
                 rows = [[*r[:5], int(r[5]), self._label(int(r[5]))] for r in p.tolist()]
                 df = pd.DataFrame(rows, columns=list(cols))
-                frames.append(df.astype({c: "float64" for c in cols[:5]} | {"class": "int64"}))
+                df = df.astype({c: "float64" for c in cols[:5]} | {"class": "int64"})
+                if self.track_ids is not None:
+                    df["track_id"] = self.track_ids[i]
+                frames.append(df)
             setattr(new, attr, frames)
         return new
 
@@ -133,7 +139,8 @@ class Detections:
         confidence above each box); HWC uint8 RGB. ``line_thickness`` None: scaled to the image size."""
         out = []
         for i, im in enumerate(self.ims):
-            bgr = annotate(im[..., ::-1], self._det(i), self.names, line_thickness, hide_labels=not labels)
+            bgr = annotate(im[..., ::-1], self._det(i), self.names, line_thickness, hide_labels=not labels,
+                           ids=None if self.track_ids is None else self.track_ids[i])
             out.append(np.ascontiguousarray(bgr[..., ::-1]))
         return out
 

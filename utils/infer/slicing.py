@@ -18,7 +18,12 @@ Boxes stay unclipped until the end, so a single tile covering the whole image gi
    its area (intersection over the smaller box's area, IoS). A larger box always wins, whatever the scores: the
    fragment's score says little about the object. Nested objects are not affected unless the inner one is cut.
 2. **Class-aware NMS** (IoU ``iou_thres``) over the survivors: removes the duplicates of objects seen whole in
-   two overlapping tiles.
+   two overlapping tiles. Other choices (``merge``, ``match``, ``match_thres``), as SAHI offers them
+   (utils/ops/box_merge.py): NMS on IoS or NWD, or non-maximum *merging* -- ``greedy-nmm`` (SAHI's default, with IoS)
+   or the transitive ``nmm`` -- which replaces a group of matching boxes by their union box with the best score.
+
+The per-tile NMS uses ``nms`` (``iou`` or ``nwd``, constant ``nwd_c`` in tile input px); the merge's NWD uses
+``nwd_c`` in original px.
 
 An object wider than the overlap is cut in every tile that holds it: its fragments survive step 1 unless a whole
 view (``full=True``) covers them. Units: tiles and returned boxes are original-image pixels (for the tensor API,
@@ -36,6 +41,7 @@ import torchvision
 
 from utils.dataset.augmentations import letterbox
 from utils.errors import UsageError
+from utils.ops.box_merge import MERGE_METHODS, NWD_C, check_choice, greedy_nms, merge_boxes, merge_groups
 from utils.ops.boxes import clip_boxes, xyxy2xywh
 from utils.ops.nms import non_max_suppression
 from utils.torch_utils import time_sync
@@ -98,6 +104,19 @@ def merge_detections(dets: torch.Tensor, cut: torch.Tensor, iou_thres: float = 0
     Returns:
         (k,) long indices into ``dets``, by decreasing confidence.
     """
+    idx = drop_cut_fragments(dets, cut, ios_thres, agnostic, chunk)
+    boxes, cls = dets[:, :4], dets[:, 5]
+    if agnostic:
+        keep = torchvision.ops.nms(boxes[idx], dets[idx, 4], iou_thres)
+    else:
+        keep = torchvision.ops.batched_nms(boxes[idx], dets[idx, 4], cls[idx].long(), iou_thres)
+    return idx[keep]
+
+
+def drop_cut_fragments(dets: torch.Tensor, cut: torch.Tensor, ios_thres: float = 0.6, agnostic: bool = False,
+                       chunk: int = 1024) -> torch.Tensor:
+    """Step 1 of the merge: (k,) long indices of ``dets`` (n, 6) left once every ``cut`` box covered to at least
+    ``ios_thres`` of its area by a larger box of the same class (any class with ``agnostic``) is dropped."""
     n = len(dets)
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=dets.device)
@@ -115,12 +134,25 @@ def merge_detections(dets: torch.Tensor, cut: torch.Tensor, iou_thres: float = 0
         if not agnostic:
             covers &= cls[ci, None] == cls[None, :]
         alive[ci[covers.any(1)]] = False
-    idx = alive.nonzero().view(-1)
-    if agnostic:
-        keep = torchvision.ops.nms(boxes[idx], dets[idx, 4], iou_thres)
-    else:
-        keep = torchvision.ops.batched_nms(boxes[idx], dets[idx, 4], cls[idx].long(), iou_thres)
-    return idx[keep]
+    return alive.nonzero().view(-1)
+
+
+def merge_tiles(dets: torch.Tensor, cut: torch.Tensor, iou_thres: float = 0.45, ios_thres: float = 0.6,
+                agnostic: bool = False, merge: str = "nms", match: str = "iou", match_thres: float | None = None,
+                nwd_c: float = NWD_C) -> torch.Tensor:
+    """The tiles' detections (n, 6) ``[x1, y1, x2, y2, conf, cls]`` original px merged into (k, 6), by decreasing
+    confidence: cut fragments dropped (step 1), then ``merge`` ('nms', 'nmm', 'greedy-nmm') on ``match`` ('iou',
+    'ios', 'nwd') at ``match_thres`` (default ``iou_thres``). 'nms' on 'iou' is :func:`merge_detections`."""
+    check_choice("slice merge", merge, MERGE_METHODS)
+    thres = iou_thres if match_thres is None else match_thres
+    if merge == "nms" and match == "iou":
+        return dets[merge_detections(dets, cut, thres, ios_thres, agnostic)]
+    idx = drop_cut_fragments(dets, cut, ios_thres, agnostic)
+    d = dets[idx]
+    if merge == "nms":
+        return d[greedy_nms(d[:, :4], d[:, 4], thres, match, None if agnostic else d[:, 5], nwd_c)]
+    groups = merge_groups(d, thres, match, greedy=merge == "greedy-nmm", agnostic=agnostic, nwd_c=nwd_c)
+    return merge_boxes(d, groups, thres, match, nwd_c)
 
 
 def _run_tiles(tiles: np.ndarray, views: list[bool], load: Callable[[int], tuple[torch.Tensor, float, tuple]],
@@ -166,12 +198,15 @@ def sliced_detect(image: np.ndarray, predict: Predict, imgsz: int, slice_size: i
                   full: bool = False, batch: int = 8, conf_thres: float = 0.25, iou_thres: float = 0.45,
                   classes: list[int] | None = None, agnostic: bool = False, max_det: int = 300,
                   ios_thres: float = 0.6, margin: float = 2.0, device: torch.device | str = "cpu",
-                  times: list[float] | None = None) -> torch.Tensor:
+                  times: list[float] | None = None, nms: str = "iou", merge: str = "nms", match: str | None = None,
+                  match_thres: float | None = None, nwd_c: float = NWD_C) -> torch.Tensor:
     """Detections in a large HWC uint8 BGR ``image`` by sliced inference.
 
     Each tile of ``slice_size`` original px is letterboxed to ``imgsz`` x ``imgsz`` input px (plus the whole image
     when ``full``), run through ``predict`` ``batch`` tiles at a time, NMS'd per tile and merged (module docstring).
-    ``margin``: input px from an interior tile edge within which a box counts as cut. Returns (k, 6)
+    ``margin``: input px from an interior tile edge within which a box counts as cut. ``nms``: the per-tile NMS
+    ('iou' or 'nwd'); ``merge``/``match``/``match_thres``: the cross-tile merge (``merge_tiles``; ``match``
+    defaults to ``nms``'s metric, ``match_thres`` to ``iou_thres``). Returns (k, 6)
     ``[x1, y1, x2, y2, conf, cls]`` in original px, at most ``max_det``, by decreasing confidence.
     """
     h, w = image.shape[:2]
@@ -186,11 +221,11 @@ def sliced_detect(image: np.ndarray, predict: Predict, imgsz: int, slice_size: i
         im, ratio, pad = letterbox(image[y0:y1, x0:x1], imgsz, auto=False)
         return torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1)[::-1])), ratio[0], pad
 
-    nms = {"conf_thres": conf_thres, "iou_thres": iou_thres, "classes": classes, "agnostic": agnostic,
-           "max_det": max_det}
-    dets, cut = _run_tiles(tiles, views, load, predict, (h, w), batch, nms, margin, times, device)
+    per_tile = {"conf_thres": conf_thres, "iou_thres": iou_thres, "classes": classes, "agnostic": agnostic,
+                "max_det": max_det, "method": nms, "nwd_c": nwd_c}
+    dets, cut = _run_tiles(tiles, views, load, predict, (h, w), batch, per_tile, margin, times, device)
     t = time_sync()
-    out = dets[merge_detections(dets, cut, iou_thres, ios_thres, agnostic)[:max_det]]
+    out = merge_tiles(dets, cut, iou_thres, ios_thres, agnostic, merge, match or nms, match_thres, nwd_c)[:max_det]
     clip_boxes(out[:, :4], (h, w))
     if times is not None:
         times[2] += time_sync() - t
@@ -200,13 +235,16 @@ def sliced_detect(image: np.ndarray, predict: Predict, imgsz: int, slice_size: i
 def sliced_predictions(im: torch.Tensor, predict: Predict, slice_size: int, overlap: float = 0.2,
                        tile_imgsz: int | None = None, full: bool = False, batch: int = 8, stride: int = 32,
                        conf_thres: float = 0.001, iou_thres: float = 0.6, multi_label: bool = True,
-                       ios_thres: float = 0.6, margin: float = 2.0, max_det: int = 300) -> torch.Tensor:
+                       ios_thres: float = 0.6, margin: float = 2.0, max_det: int = 300, nms: str = "iou",
+                       merge: str = "nms", match: str | None = None, match_thres: float | None = None,
+                       nwd_c: float = NWD_C) -> torch.Tensor:
     """Sliced inference on a batch of network inputs, returned in the model's raw output format (for val.py).
 
     Args:
         im: (bs, 3, H, W) float [0, 1] inputs; tiles of ``slice_size`` px of it are resized to ``tile_imgsz``
             (default: ``slice_size`` rounded up to a multiple of ``stride``, i.e. no resize) and padded square.
-        conf_thres, iou_thres, multi_label, max_det: the per-tile NMS and the merge (defaults: val.py's).
+        conf_thres, iou_thres, multi_label, max_det, nms, nwd_c: the per-tile NMS and the merge (defaults:
+            val.py's); merge, match, match_thres: the cross-tile merge, as ``sliced_detect``.
     Returns:
         (bs, N, 5 + nc) rows ``[x, y, w, h (pixels of im, unclipped), obj = conf, one-hot class]``: each merged
         detection becomes one row, so ``non_max_suppression`` on it returns the merged detections again. Rows of
@@ -218,7 +256,8 @@ def sliced_predictions(im: torch.Tensor, predict: Predict, slice_size: int, over
     views = [False] * len(tiles) + ([True] if full else [])
     if full:
         tiles = np.concatenate((tiles, np.array([[0, 0, w, h]], dtype=np.int64)))
-    nms = {"conf_thres": conf_thres, "iou_thres": iou_thres, "multi_label": multi_label, "max_det": max_det}
+    per_tile = {"conf_thres": conf_thres, "iou_thres": iou_thres, "multi_label": multi_label, "max_det": max_det,
+                "method": nms, "nwd_c": nwd_c}
     rows, nc = [], None
     for b in range(bs):
         def load(i: int, b: int = b) -> tuple[torch.Tensor, float, tuple]:
@@ -231,8 +270,8 @@ def sliced_predictions(im: torch.Tensor, predict: Predict, slice_size: int, over
             nc = p.shape[2] - 5
             return p
 
-        dets, cut = _run_tiles(tiles, views, load, run, (h, w), batch, nms, margin, None, im.device)
-        rows.append(dets[merge_detections(dets, cut, iou_thres, ios_thres)])
+        dets, cut = _run_tiles(tiles, views, load, run, (h, w), batch, per_tile, margin, None, im.device)
+        rows.append(merge_tiles(dets, cut, iou_thres, ios_thres, False, merge, match or nms, match_thres, nwd_c))
     n = max(len(r) for r in rows)
     out = torch.zeros((bs, n, 5 + nc), device=im.device)
     for b, d in enumerate(rows):

@@ -1,5 +1,5 @@
 """The training loss: ComputeLoss (targets, scaled gains, composition of the pure box losses), label assignment,
 Tiny Focal Loss weights.
 
-May import: utils.config, utils.ops and the foundation.
+May import: utils.dataset, utils.config, utils.ops and the foundation.
 """

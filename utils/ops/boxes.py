@@ -8,11 +8,14 @@ Every function accepts a ``torch.Tensor`` or a ``numpy.ndarray`` of shape (..., 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 import torchvision
 
 Boxes = torch.Tensor | np.ndarray
+IOU_BLOCK_PAIRS = 1 << 20  # box pairs per box_iou_blocks block: ~50 MB of temporaries whatever the box counts
 
 
 def _empty_like(x: Boxes) -> Boxes:
@@ -100,6 +103,24 @@ def scale_boxes(img1_shape: tuple[int, int], boxes: Boxes, img0_shape: tuple[int
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """IoU of every pair: (N, 4) and (M, 4) xyxy boxes -> (N, M). Pairwise, unlike the box losses (box i vs i)."""
     return torchvision.ops.box_iou(boxes1, boxes2)
+
+
+def iou_block_slices(n1: int, n2: int, max_pairs: int | None = None) -> Iterator[slice]:
+    """Consecutive slices of range(n2), each of at most max(1, ``max_pairs`` // n1) items: the column blocks in which
+    an (n1, n2) pairwise matrix is computed with at most ``max_pairs`` (default IOU_BLOCK_PAIRS) values at once (one
+    block when it fits)."""
+    step = max(1, (IOU_BLOCK_PAIRS if max_pairs is None else max_pairs) // max(n1, 1))
+    for j in range(0, n2, step):
+        yield slice(j, min(j + step, n2))
+
+
+def box_iou_blocks(boxes1: torch.Tensor, boxes2: torch.Tensor, max_pairs: int | None = None
+                   ) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``box_iou(boxes1, boxes2)`` by blocks of columns (:func:`iou_block_slices`): yields (s, (N, k) IoU of
+    ``boxes1`` with ``boxes2[s]``). Each value equals the dense matrix's (IoU is computed pair by pair); memory stays
+    bounded when one side holds very many boxes (10^6 labels against 300 detections: a 1.2 GB dense matrix)."""
+    for s in iou_block_slices(len(boxes1), len(boxes2), max_pairs):
+        yield s, box_iou(boxes1, boxes2[s])
 
 
 def box_area(boxes: Boxes) -> Boxes:

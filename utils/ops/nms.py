@@ -1,4 +1,5 @@
-"""Non-maximum suppression over YOLOv5 outputs, with torchvision.ops.nms doing the suppression."""
+"""Non-maximum suppression over YOLOv5 outputs: torchvision.ops.nms on IoU (YOLOv5's), or greedy NMS on NWD
+(``method="nwd"``, utils/ops/box_merge.py), which also suppresses tiny boxes that barely overlap."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 import torchvision
 
 from utils.errors import UsageError
+from utils.ops.box_merge import NMS_METHODS, NWD_C, check_choice, greedy_nms
 from utils.ops.boxes import xywh2xyxy
 
 LOGGER = logging.getLogger(__name__)
@@ -19,14 +21,15 @@ MAX_NMS = 30000  # most boxes handed to torchvision.ops.nms per image, highest c
 def non_max_suppression(prediction: torch.Tensor | tuple | list, conf_thres: float = 0.25, iou_thres: float = 0.45,
                         classes: list[int] | None = None, agnostic: bool = False, multi_label: bool = False,
                         labels: tuple | list = (), max_det: int = 300, time_limit: float | None = None,
-                        ) -> list[torch.Tensor]:
+                        method: str = "iou", nwd_c: float = NWD_C) -> list[torch.Tensor]:
     """Filter and suppress YOLOv5 predictions, per image.
 
     Args:
         prediction: (bs, N, 5 + nc) eval-mode model output ``[x, y, w, h, obj, cls...]`` in input pixels (or the
             ``(pred, train_out)`` tuple the model returns in eval mode).
         conf_thres: keep candidates with ``obj > conf_thres`` and ``obj * cls > conf_thres``.
-        iou_thres: IoU above which a lower-scoring box of the same class is suppressed.
+        iou_thres: similarity (IoU, or NWD with ``method="nwd"``) above which a lower-scoring box of the same class
+            is suppressed.
         classes: keep only these class ids.
         agnostic: suppress across classes.
         multi_label: one candidate per (box, class) whose score passes ``conf_thres`` (used by validation).
@@ -34,6 +37,8 @@ def non_max_suppression(prediction: torch.Tensor | tuple | list, conf_thres: flo
         max_det: most detections kept per image.
         time_limit: seconds; None (default) never truncates. When set and exceeded, a warning says how many
             images were left unprocessed (YOLOv5 truncates silently, which lowers mAP on slow CPUs).
+        method: 'iou' (YOLOv5, torchvision.ops.nms) or 'nwd' (normalised Wasserstein distance, constant ``nwd_c``
+            in input px; Wang et al. 2021 use it in NMS for tiny objects).
     Returns:
         list of bs tensors (n, 6) ``[x1, y1, x2, y2, conf, cls]`` in input pixels, sorted by confidence.
     """
@@ -41,6 +46,7 @@ def non_max_suppression(prediction: torch.Tensor | tuple | list, conf_thres: flo
         raise UsageError(f"conf_thres must be in [0, 1], got {conf_thres}")
     if not 0 <= iou_thres <= 1:
         raise UsageError(f"iou_thres must be in [0, 1], got {iou_thres}")
+    check_choice("nms", method, NMS_METHODS)
     if isinstance(prediction, list | tuple):
         prediction = prediction[0]
     bs, nc = prediction.shape[0], prediction.shape[2] - 5
@@ -52,7 +58,7 @@ def non_max_suppression(prediction: torch.Tensor | tuple | list, conf_thres: flo
         if labels and len(labels[xi]):
             x = torch.cat((x, _labels_as_candidates(labels[xi], nc).to(x)), 0)
         if x.shape[0]:
-            output[xi] = _suppress(x, conf_thres, iou_thres, classes, agnostic, multi_label, max_det)
+            output[xi] = _suppress(x, conf_thres, iou_thres, classes, agnostic, multi_label, max_det, method, nwd_c)
         if time_limit is not None and time.time() - start > time_limit:
             LOGGER.warning(f"NMS time limit {time_limit:.3f}s exceeded: {bs - xi - 1} of {bs} images left without "
                            "detections. Pass time_limit=None to process every image.")
@@ -70,7 +76,7 @@ def _labels_as_candidates(lb: torch.Tensor, nc: int) -> torch.Tensor:
 
 
 def _suppress(x: torch.Tensor, conf_thres: float, iou_thres: float, classes: list[int] | None, agnostic: bool,
-              multi_label: bool, max_det: int) -> torch.Tensor:
+              multi_label: bool, max_det: int, method: str = "iou", nwd_c: float = NWD_C) -> torch.Tensor:
     """One image's candidates (n, 5 + nc) -> kept detections (k, 6) [x1, y1, x2, y2, conf, cls]."""
     scores = x[:, 5:] * x[:, 4:5]  # class confidence = objectness * class probability
     box = xywh2xyxy(x[:, :4])
@@ -85,6 +91,9 @@ def _suppress(x: torch.Tensor, conf_thres: float, iou_thres: float, classes: lis
     if not x.shape[0]:
         return torch.zeros((0, 6), device=x.device)
     x = x[x[:, 4].argsort(descending=True)[:MAX_NMS]]
+    if method == "nwd":  # NWD never reaches 0: classes are kept apart by the mask, not by coordinate offsets
+        keep = greedy_nms(x[:, :4], x[:, 4], iou_thres, "nwd", None if agnostic else x[:, 5], nwd_c, max_det)
+        return x[keep]
     offsets = x[:, 5:6] * (0 if agnostic else MAX_WH)
     keep = torchvision.ops.nms(x[:, :4] + offsets, x[:, 4], iou_thres)[:max_det]
     return x[keep]

@@ -63,16 +63,22 @@ def freeze_layers(model: nn.Module, freeze: list[int]) -> None:
             LOGGER.info(f"freezing {k}")
 
 
-def resolve_tfl_auto(hyp: Hyp, dataset, imgsz: int, save_dir: Path, plots: bool) -> Hyp:
-    """``--tfl auto``: the paper's rule applied to the training labels' sizes at the training image size."""
+def resolve_tfl_auto(hyp: Hyp, dataset, imgsz: int, save_dir: Path | None = None, plots: bool = False) -> Hyp:
+    """``--tfl auto``: the paper's rule applied to the training labels' sizes at the training image size; with
+    ``plots``, also :func:`plot_tfl_auto_labels` into ``save_dir``."""
     sides = label_sides_px(dataset, imgsz)
     k, piecewise, reason = suggest_tfl(torch.from_numpy(sides), imgsz, default_k=hyp.tfl_k)
     lo, mid, hi = (float(f(sides)) if len(sides) else 0.0 for f in (np.min, np.median, np.max))
     LOGGER.info(f"TFL auto: {len(sides)} labels, side px min {lo:.1f} / median {mid:.1f} / max {hi:.1f} -> {reason}")
     hyp = hyp.replace(tfl=True, tfl_k=k, tfl_piecewise=piecewise)
-    if plots:
+    if plots and save_dir is not None:
         plot_tfl_auto(sides**2, hyp, save_dir / "tfl_auto.png")
     return hyp
+
+
+def plot_tfl_auto_labels(hyp: Hyp, dataset, imgsz: int, save_dir: Path) -> None:
+    """``save_dir/tfl_auto.png``: the training labels' areas (input px²) that ``--tfl auto`` resolved ``hyp`` from."""
+    plot_tfl_auto(label_sides_px(dataset, imgsz) ** 2, hyp, save_dir / "tfl_auto.png")
 
 
 def label_sides_px(dataset, imgsz: int) -> np.ndarray:
@@ -103,11 +109,15 @@ def build_loaders(opt: TrainOptions, data: dict, hyp: Hyp, imgsz: int, stride: i
     return train_loader, dataset, val_loader
 
 
-def create_run_dir(opt: TrainOptions, resumed: Path | None = None) -> tuple[Path, Path]:
-    """Create the run folder (``resumed``, the folder of the run --resume continues, or else ``--project/--name``,
-    numbered unless --exist-ok) with ``weights/``, and take its lock; returns (folder, lock). Called only once every
-    input is known usable."""
-    save_dir = resumed or increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
+def plan_run_dir(opt: TrainOptions, resumed: Path | None = None) -> Path:
+    """The run folder, not yet created: ``resumed`` (the folder of the run --resume continues) or else
+    ``--project/--name``, numbered unless --exist-ok. --mlflow names its run after it before anything is written."""
+    return resumed or increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
+
+
+def create_run_dir(save_dir: Path) -> tuple[Path, Path]:
+    """Create the run folder planned by :func:`plan_run_dir` with ``weights/``, and take its lock; returns (folder,
+    lock). Called only once every input is known usable."""
     (save_dir / "weights").mkdir(parents=True, exist_ok=True)
     return save_dir, acquire_run_lock(save_dir)
 
@@ -232,7 +242,7 @@ def on_ctrl_c(message: Callable[[], str]) -> Iterator[None]:
 
 def interrupted_message(save_dir: str | Path | None) -> str:
     """One line after Ctrl-C: where last.pt is and the exact command that resumes the run."""
-    if not save_dir:
+    if not save_dir or not Path(save_dir).is_dir():  # the folder is planned (plan_run_dir) before it is created
         return "train.py: interrupted before the run folder was created; nothing to resume"
     last = Path(save_dir) / "weights" / "last.pt"
     if not last.is_file():

@@ -42,12 +42,13 @@ import numpy as np
 import yaml
 
 from utils.atomic import atomic_write_text
-from utils.config.hyp import HYP_DIR, SPECS, Hyp, HypError, coerce, load_hyp
+from utils.config.hyp import SPECS, Hyp, HypError, coerce, load_hyp, read_config_yaml
 from utils.errors import UsageError, UserError
 from utils.eval.metrics import fitness
 from utils.run_dirs import increment_path
 from utils.train.builders import ddp_env, on_ctrl_c
-from utils.train.options import TrainOptions, validate_options
+from utils.train.loop import quiet_interrupted_trials
+from utils.train.options import StudyError, TrainOptions, check_study_db, study_db_error, validate_options
 
 if TYPE_CHECKING:
     import optuna
@@ -81,15 +82,7 @@ def load_space(path: str | Path) -> dict[str, Param]:
     """Read and check a search-space YAML against the Hyp declarations. Raises HypError (one line naming the file
     and key): unknown key, list-valued key, bad form, unknown choice, empty range (lo >= hi) or a bound outside the
     key's declared range."""
-    path = Path(path)
-    if not path.is_file() and (HYP_DIR / path.name).is_file():
-        path = HYP_DIR / path.name
-    if not path.is_file():
-        raise HypError(f"search space file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise HypError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    path, data = read_config_yaml(path, HypError, "search space file")
     if not isinstance(data, dict) or not data:
         raise HypError(f"{path}: expected a mapping 'key: [lo, hi]' or 'key: [choice, ...]' with at least one key")
     for key in data:
@@ -224,28 +217,39 @@ def study_dir(opt: TrainOptions) -> Path:
 
 
 def open_study(save_dir: Path, opt: TrainOptions, tiny_area: float) -> optuna.Study:
-    """Create or load the study in ``save_dir/study.db``; a study run with another objective is refused."""
+    """Create or load the study in ``save_dir/study.db``; a study run with another objective is refused. Raises
+    StudyError (one line naming the file) when study.db is not a usable Optuna database; the file is left as it
+    is."""
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
-    with warnings.catch_warnings():  # heartbeats and the retry callback are 'experimental' in Optuna
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # Optuna >= 4.9; older: below
-        stale = ({"heartbeat_stale_trial_callback": retry(max_retry=1)} if retry else
-                 {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)})
-        storage = optuna.storages.RDBStorage(
-            f"sqlite:///{(save_dir / STUDY_DB).resolve()}",
-            engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}},
-            heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **stale)
+    db = save_dir / STUDY_DB
+    check_study_db(db)  # before Optuna writes its tables into another program's database
+    unusable = (SQLAlchemyError, optuna.exceptions.StorageInternalError)  # damaged file, foreign tables, a folder
+    try:
+        with warnings.catch_warnings():  # heartbeats and the retry callback are 'experimental' in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # Optuna >= 4.9; older: below
+            stale = ({"heartbeat_stale_trial_callback": retry(max_retry=1)} if retry else
+                     {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)})
+            storage = optuna.storages.RDBStorage(
+                f"sqlite:///{db.resolve()}", engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}},
+                heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **stale)
+    except (*unusable, RuntimeError) as e:  # RuntimeError: Optuna's schema version check
+        raise study_db_error(db, e) from None
     pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP, n_warmup_steps=max(opt.epochs // 3, 1))
-    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize", pruner=pruner,
-                                load_if_exists=True)
     objective = {"fitness": opt.evolve_fitness, "tiny_area": tiny_area if opt.evolve_fitness != "all" else None}
-    if not study.user_attrs:
-        for k, v in objective.items():
-            study.set_user_attr(k, v)
-    elif {k: study.user_attrs.get(k) for k in objective} != objective:
-        raise UsageError(f"--evolve-fitness {opt.evolve_fitness}: {save_dir / STUDY_DB} optimises "
-                         f"{study.user_attrs}, not {objective}; use the same objective or a new study")
+    try:
+        study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize", pruner=pruner,
+                                    load_if_exists=True)
+        if not study.user_attrs:
+            for k, v in objective.items():
+                study.set_user_attr(k, v)
+    except unusable as e:
+        raise study_db_error(db, e) from None
+    if {k: study.user_attrs.get(k) for k in objective} != objective:
+        raise UsageError(f"--evolve-fitness {opt.evolve_fitness}: {db} optimises {study.user_attrs}, not "
+                         f"{objective}; use the same objective or a new study")
     # seeded by the study's size, so that a continued study does not replay the first draws (start parallel
     # workers a few seconds apart: two workers opening the same study at the same size draw alike at first)
     study.sampler = optuna.samplers.TPESampler(seed=opt.seed * 1_000_003 + len(study.trials), constant_liar=True)
@@ -303,10 +307,12 @@ def run_evolve(opt: TrainOptions, train_fn: TrainFn, base: Hyp, check_data: Call
 
         if done < opt.evolve:
             try:
-                study.optimize(make_objective(opt, train_fn, base, space, save_dir, tiny_area),
-                               n_trials=opt.evolve - done,
-                               callbacks=[optuna.study.MaxTrialsCallback(opt.evolve, states=finished), after_trial],
-                               catch=(FloatingPointError,))  # a diverging trial fails, the study goes on
+                with quiet_interrupted_trials():  # Ctrl-C: interrupted_message's line, not Optuna's traceback
+                    study.optimize(make_objective(opt, train_fn, base, space, save_dir, tiny_area),
+                                   n_trials=opt.evolve - done,
+                                   callbacks=[optuna.study.MaxTrialsCallback(opt.evolve, states=finished),
+                                              after_trial],
+                                   catch=(FloatingPointError,))  # a diverging trial fails, the study goes on
             except KeyboardInterrupt:
                 write_results(study, save_dir)  # evolve.csv shows the interrupted trial as FAIL
                 raise
@@ -387,5 +393,5 @@ def interrupted_message(save_dir: Path | None) -> str:
             f"one is marked FAIL and tried again first); continue with the same command plus --resume {save_dir}")
 
 
-__all__ = ["Param", "interrupted_message", "load_space", "plot_study",
+__all__ = ["Param", "StudyError", "interrupted_message", "load_space", "plot_study",
            "run_evolve", "study_dir", "suggest", "trial_fitness", "trial_options", "write_results"]

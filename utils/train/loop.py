@@ -1,16 +1,19 @@
 """Small helpers of the training loop: early stopping, weight transfer, the non-finite loss guard, multi-scale
-batches."""
+batches; and, for --evolve's loop of trials, Optuna's traceback of a Ctrl-C kept off the screen."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 LOGGER = logging.getLogger(__name__)
+OPTUNA_TRIAL_LOGGER = "optuna.study._optimize"  # the logger of Optuna's 'Trial N failed ...' warnings
 
 
 class EarlyStopping:
@@ -69,3 +72,20 @@ def rescale_batch(imgs: torch.Tensor, size: int, stride: int = 32) -> torch.Tens
     gs = max(int(stride), 32)
     shape = [math.ceil(x * sf / gs) * gs for x in (h, w)]
     return torch.nn.functional.interpolate(imgs, size=shape, mode="bilinear", align_corners=False)
+
+
+class _NoInterruptTraceback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+@contextlib.contextmanager
+def quiet_interrupted_trials() -> Iterator[None]:
+    """Within the block, Optuna does not log 'Trial N failed ... KeyboardInterrupt' with its traceback (~50 lines):
+    after Ctrl-C the user gets one line saying how to continue the study. Other failures are logged as before."""
+    log, quiet = logging.getLogger(OPTUNA_TRIAL_LOGGER), _NoInterruptTraceback()
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)

@@ -2,13 +2,15 @@
 :func:`get_args_parser`; :class:`TrainOptions`, the frozen object they are parsed into once (and that options saved
 with a run are read back into); the hyperparameter overrides they carry (``--hyp-set`` and the TFL / box-loss
 flags); and the checks of options and data before and while a run goes (flag combinations, ``--freeze``, the share
-of images skipped as corrupt)."""
+of images skipped as corrupt, a study.db that Optuna cannot use)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import re
+import sqlite3
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,13 +18,14 @@ from typing import Any
 
 from utils.cli import check_args
 from utils.config.hyp import HYP_DIR, Hyp, load_hyp, parse_overrides
-from utils.errors import DatasetError, UsageError
+from utils.errors import DatasetError, UsageError, UserError
 from utils.train.precision import AMP_CHOICES
 from utils.train.schedule import NOMINAL_BATCH
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SPACE = HYP_DIR / "evolve.yaml"  # --evolve-space
 FITNESS_MODES = ("all", "tiny", "tiny50")  # --evolve-fitness
+OPTUNA_TABLES = {"studies", "alembic_version"}  # tables every Optuna RDB storage holds (a study.db must have them)
 
 
 def get_args_parser(parser: type[argparse.ArgumentParser] = argparse.ArgumentParser,
@@ -86,6 +89,10 @@ def get_args_parser(parser: type[argparse.ArgumentParser] = argparse.ArgumentPar
     p.add_argument("--hyp-set", nargs="+", default=[], metavar="KEY=VALUE", help="override any hyperparameter")
     p.add_argument("--tiny-area", type=float, default=None, help="validation's tiny/big size-bucket split, area in "
                    "original-image px² as val.py's buckets (default: the hyp's tfl_s)")
+    p.add_argument("--tiny", choices=["auto"], default=None, help="auto: choose the input scale, P2, the positive "
+                   "weight and copy-paste from the training labels and hyp/tiny_auto.yaml (writes tiny_auto.json)")
+    p.add_argument("--tiny-max-cost", type=float, default=None, help="--tiny auto: at most this many times the "
+                   "baseline's inference time (a scale s costs ~s^2)")
     # Hyperparameter search (utils/train/evolve.py)
     p.add_argument("--evolve", type=int, nargs="?", const=300, default=None, help="Optuna search: train trials "
                    "until the study holds N finished ones (300 without N); with --resume [FOLDER]: continue a study")
@@ -147,6 +154,8 @@ class TrainOptions:
     box_loss: str | None
     hyp_set: tuple[str, ...]
     tiny_area: float | None
+    tiny: str | None
+    tiny_max_cost: float | None
     evolve: int | None
     evolve_space: str
     evolve_fitness: str
@@ -281,3 +290,29 @@ def check_skipped(counts: dict[str, int], messages: Sequence[str], source: str, 
     why = ", ".join(f"{r}: {n}" for r, n in reasons.most_common())
     raise DatasetError(f"{source}: {skipped} of {total} {split} images skipped as corrupt ({why}), more than "
                        f"{limit:.0%}: fix the labels or the data YAML, or pass --allow-skipped to go on without them")
+
+
+class StudyError(UserError):
+    """study.db cannot be used as an Optuna study (damaged, not a database, another program's tables)."""
+
+
+def study_db_error(db: Path, why: BaseException | str) -> StudyError:
+    """The one-line error for a study.db Optuna cannot use; ``why``: the database's error (first line kept)."""
+    reason = next((x.strip() for x in str(why).splitlines() if x.strip()), type(why).__name__)[:200]
+    return StudyError(f"{db}: not a usable Optuna study database ({reason}); move it away to start a new study in "
+                      "this folder, or choose another --name")
+
+
+def check_study_db(db: Path) -> None:
+    """Raise StudyError when the existing, non-empty file ``db`` cannot be an Optuna database (not SQLite, or SQLite
+    with other tables), reading it without writing: Optuna would first add its tables to another program's
+    database. A missing or empty file passes (Optuna creates the study)."""
+    if not db.is_file() or not db.stat().st_size:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            tables = sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    except sqlite3.DatabaseError as e:
+        raise study_db_error(db, e) from None
+    if tables and not OPTUNA_TABLES <= set(tables):
+        raise study_db_error(db, f"an SQLite database without Optuna's tables: {', '.join(tables[:5])}")
