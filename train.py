@@ -8,8 +8,8 @@ Usage:
     python train.py --evolve 100 --epochs 30          # Optuna search (hyp/evolve.yaml) in runs/evolve/exp
     torchrun --nproc_per_node 2 train.py --device cpu  # DDP (gloo on CPU, nccl on CUDA)
 
-Python API: ``train.train(opt)`` with ``opt = train.get_args_parser().parse_args([...])``; command line:
-``train.main(argv) -> int`` (1 after a user error printed as one line, 130 after Ctrl-C).
+Python API: ``train.train(opt)`` with ``opt = train.get_args_parser().parse_args([...])`` (or a TrainOptions);
+command line: ``train.main(argv) -> int`` (1 after a user error printed as one line, 130 after Ctrl-C).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from utils.run_dirs import check_run_lock, release_run_lock  # noqa: E402
 from utils.torch_utils import ModelEMA, autobatch, de_parallel, init_seeds, select_device  # noqa: E402
 from utils.train import evolve  # noqa: E402
 from utils.train.builders import (  # noqa: E402
+    Interrupted,
     all_ranks_stop,
     build_loaders,
     build_model,
@@ -68,7 +69,14 @@ from utils.train.builders import (  # noqa: E402
 )
 from utils.train.loggers import RunLogger, check_mlflow  # noqa: E402
 from utils.train.loop import EarlyStopping, NonFiniteGuard, multi_scale_size, rescale_batch  # noqa: E402
-from utils.train.options import check_freeze, get_args_parser, hyp_overrides, validate_options  # noqa: E402  # noqa: E402
+from utils.train.options import (  # noqa: E402
+    TrainOptions,
+    check_freeze,
+    get_args_parser,
+    hyp_overrides,
+    saved_options,
+    validate_options,
+)
 from utils.train.precision import choose_precision, cpu_bf16_supported  # noqa: E402
 from utils.train.run import NoEMA, Run  # noqa: E402
 from utils.train.schedule import set_warmup  # noqa: E402
@@ -87,15 +95,17 @@ METRIC_KEYS = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metric
 # ----------------------------------------------------------------------------------------------------------------
 # The story: build the run, then for each epoch train, validate, save; then finish
 # ----------------------------------------------------------------------------------------------------------------
-def train(opt: argparse.Namespace, on_val: Callable[[int, dict], bool] | None = None) -> dict:
-    """Train as configured by ``opt`` (see get_args_parser); returns the final validation metrics and save_dir.
-    ``on_val(epoch, metrics)`` is called after each validation (single process); True stops training after that
-    epoch, as early stopping does (--evolve's pruning)."""
-    run, state = build_run(opt)
+def train(opt: TrainOptions | argparse.Namespace, on_val: Callable[[int, dict], bool] | None = None) -> dict:
+    """Train as configured by ``opt`` (a parse result of get_args_parser, converted once here, or TrainOptions);
+    returns the final validation metrics and save_dir. ``on_val(epoch, metrics)`` is called after each validation
+    (single process); True stops training after that epoch, as early stopping does (--evolve's pruning). Ctrl-C
+    once the run folder exists raises Interrupted, saying where last.pt is and how to resume."""
+    run, state = build_run(opt if isinstance(opt, TrainOptions) else TrainOptions.from_args(opt))
+    opt = run.opt  # on --resume, the run's own
     results, t0, epoch = {}, time.time(), state.start_epoch
     try:
         LOGGER.info(f"Image sizes {run.imgsz} train, {run.imgsz} val; {len(run.dataset)} train images, batch "
-                    f"{opt.batch_size}; logging to {run.save_dir}; starting training for {opt.epochs} epochs...")
+                    f"{run.total_batch_size}; logging to {run.save_dir}; starting training for {opt.epochs} epochs...")
         for epoch in range(state.start_epoch, opt.epochs):
             seed_epoch(run.train_loader, run.dataset, epoch_seed(opt.seed, epoch, run.rank), epoch)
             mloss = train_one_epoch(run, state, epoch)
@@ -119,6 +129,8 @@ def train(opt: argparse.Namespace, on_val: Callable[[int, dict], bool] | None = 
     except BaseException as e:
         if run.logger:  # the MLflow run ends as KILLED (Ctrl-C) or FAILED; TensorBoard is flushed
             run.logger.close("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted(interrupted_message(run.save_dir)) from e
         raise
     finally:
         release_run_lock(run.lock)
@@ -127,16 +139,19 @@ def train(opt: argparse.Namespace, on_val: Callable[[int, dict], bool] | None = 
     return {**results, "save_dir": str(run.save_dir)}
 
 
-def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
+def build_run(opt: TrainOptions) -> tuple[Run, LoopState]:
     """Check every input (options, hyp, data, weights, arguments that depend on the model), build the model, data
-    and optimiser, and only then create the run folder (locked) and its first files."""
+    and optimiser, and only then create the run folder (locked) and its first files. On --resume the Run holds
+    the resumed run's options, folder and MLflow run."""
     rank, local_rank, world_size = ddp_env()
-    ckpt = resume_options(opt)
+    opt, ckpt = resume_options(opt)
+    resumed = ckpt["opt"] if ckpt else {}  # saved with the resumed run's options: its folder and MLflow run id
+    resumed_dir, mlflow_run_id = (Path(resumed["save_dir"]) if ckpt else None), resumed.get("mlflow_run_id")
     validate_options(opt)
     if opt.mlflow and rank in (-1, 0):
         check_mlflow()  # the flag asked for it: stop with one line before any work
     if rank in (-1, 0) and (opt.exist_ok or opt.resume):  # refuse a folder in use before doing any work
-        check_run_lock(opt.save_dir if opt.resume else Path(opt.project) / opt.name)
+        check_run_lock(resumed_dir or Path(opt.project) / opt.name)
     device = select_device(opt.device, batch_size=opt.batch_size)
     if local_rank != -1:
         device = setup_ddp(device, local_rank)
@@ -149,8 +164,8 @@ def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
     init_seeds(opt.seed + 1 + max(rank, 0), deterministic=True)
     data = check_dataset(opt.data)
     advice = None
-    if getattr(opt, "tiny", None) == "auto" and not opt.resume:  # may change opt.imgsz, opt.cfg and the hyp
-        hyp, advice = apply_tiny_auto(opt, hyp, data)
+    if opt.tiny == "auto" and not opt.resume:  # the run's options take the chosen imgsz and cfg; hyp its overrides
+        opt, hyp, advice = apply_tiny_auto(opt, hyp, data)
     nc = 1 if opt.single_cls else data["nc"]
     names = {0: "item"} if opt.single_cls and len(data["names"]) != 1 else data["names"]
 
@@ -160,43 +175,45 @@ def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
     gs = max(int(model.stride.max()), 32)
     imgsz = math.ceil(opt.imgsz / gs) * gs
     check_paste_hyp(hyp, imgsz)
-    if opt.batch_size == -1:
+    total_batch_size = opt.batch_size
+    if total_batch_size == -1:
         check_args(batch_size=(world_size == 1, "-1 (AutoBatch) needs a single device: give the total batch size"))
-        opt.batch_size = autobatch(model, imgsz, device)
-    batch_size = opt.batch_size // max(world_size, 1)
+        total_batch_size = autobatch(model, imgsz, device)
+    batch_size = total_batch_size // max(world_size, 1)
     main_process = rank in (-1, 0)
     train_loader, dataset, val_loader = build_loaders(opt, data, hyp, imgsz, gs, batch_size, local_rank, main_process)
     tfl_auto = not opt.resume and opt.tfl == "auto"
     if tfl_auto:
         hyp = resolve_tfl_auto(hyp, dataset, imgsz)
-    save_dir = (plan_run_dir(opt) if main_process
-                else Path(getattr(opt, "save_dir", None) or Path(opt.project) / opt.name))
+    save_dir = plan_run_dir(opt, resumed_dir) if main_process else (resumed_dir or Path(opt.project) / opt.name)
+    saved = saved_options(opt, total_batch_size, save_dir, mlflow_run_id)
     # --mlflow: the store is used (the run created or reopened) before anything is written; the run is named after
     # the folder about to be created
-    mlflow = start_mlflow(opt, hyp, save_dir) if opt.mlflow and main_process else None
+    mlflow = start_mlflow(saved, hyp, save_dir) if opt.mlflow and main_process else None
 
     # Every input is usable: the run folder, then what is written into it.
     lock = None
     try:
         if main_process:
             save_dir, lock = create_run_dir(save_dir)
-        if tfl_auto and main_process and not opt.noplots:
-            plot_tfl_auto_labels(hyp, dataset, imgsz, save_dir)
-        if main_process:
-            start_run_files(save_dir, opt, hyp, dataset, names, model, imgsz, precision=precision.label)
+            if tfl_auto and not opt.noplots:
+                plot_tfl_auto_labels(hyp, dataset, imgsz, save_dir)
+            start_run_files(save_dir, opt, {**saved, "precision": precision.label}, hyp, dataset, names, model,
+                            imgsz)
             if advice:
                 save_advice(advice, save_dir)
         freeze_layers(model, opt.freeze)
         model.nc, model.names, model.hyp = nc, names, hyp
         loss_fn = ComputeLoss(model, hyp, imgsz=imgsz)
-        optimizer, scheduler = build_optimizer(model, opt, hyp)
+        optimizer, scheduler = build_optimizer(model, opt, hyp, total_batch_size)
         scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
         run = Run(opt=opt, hyp=hyp, data=data, names=names, device=device, rank=rank, local_rank=local_rank,
-                  world_size=world_size, save_dir=save_dir, imgsz=imgsz, batch_size=batch_size, model=model,
-                  train_loader=train_loader, dataset=dataset, val_loader=val_loader, loss_fn=loss_fn,
-                  optimizer=optimizer, scheduler=scheduler, scaler=scaler, precision=precision,
-                  ema=ModelEMA(model) if main_process else NoEMA(), guard=NonFiniteGuard(),
-                  stopper=EarlyStopping(opt.patience), logger=None, lock=lock)
+                  world_size=world_size, save_dir=save_dir, imgsz=imgsz, batch_size=batch_size,
+                  total_batch_size=total_batch_size, model=model, train_loader=train_loader, dataset=dataset,
+                  val_loader=val_loader, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                  precision=precision, ema=ModelEMA(model) if main_process else NoEMA(), guard=NonFiniteGuard(),
+                  stopper=EarlyStopping(opt.patience), logger=None, lock=lock,
+                  mlflow_run_id=mlflow.run_id if mlflow else mlflow_run_id)
         state = LoopState(warmup_iters=max(round(hyp.warmup_epochs * len(train_loader)), 100))
         if ckpt:
             state = restore_training_state(ckpt, run, state)
@@ -207,26 +224,28 @@ def build_run(opt: argparse.Namespace) -> tuple[Run, LoopState]:
             run.model = nn.parallel.DistributedDataParallel(
                 run.model, device_ids=[local_rank] if device.type == "cuda" else None)
         run.logger = RunLogger(save_dir, names, mlflow=mlflow) if main_process else None
-    except BaseException:
+    except BaseException as e:
         if mlflow is not None:
             mlflow.end("FAILED")
         release_run_lock(lock)
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted(interrupted_message(save_dir)) from e
         raise
     return run, state
 
 
-def resume_options(opt: argparse.Namespace) -> dict | None:
-    """--resume: load the checkpoint and replace ``opt``'s values by the run's own, in place (so that a caller
-    sees the run folder); None for a new run."""
+def resume_options(opt: TrainOptions) -> tuple[TrainOptions, dict | None]:
+    """--resume: (the run's own options, as its checkpoint saved them, its checkpoint); (``opt``, None) for a new
+    run. --mlflow and --keep-optimizer given now are kept."""
     if not opt.resume:
-        return None
+        return opt, None
     path = find_resume_checkpoint(opt.resume, opt.project)
     ckpt = load_checkpoint(path)
     LOGGER.info(f"Resuming from {path} (--resume {opt.resume}) at epoch {ckpt['epoch'] + 1}")
     check_resumable(ckpt)
-    vars(opt).update({**ckpt["opt"], "resume": str(path), "weights": str(path), "cfg": "", "exist_ok": True,
-                      **{k: True for k in ("mlflow", "keep_optimizer") if getattr(opt, k, False)}})
-    return ckpt
+    saved = TrainOptions.from_saved(ckpt["opt"])
+    return saved.replace(resume=str(path), weights=str(path), cfg="", exist_ok=True, mlflow=saved.mlflow or opt.mlflow,
+                         keep_optimizer=saved.keep_optimizer or opt.keep_optimizer), ckpt
 
 
 def train_one_epoch(run: Run, state: LoopState, epoch: int) -> torch.Tensor:
@@ -244,7 +263,8 @@ def train_one_epoch(run: Run, state: LoopState, epoch: int) -> torch.Tensor:
         if opt.multi_scale:
             gs = int(de_parallel(model).stride.max())
             imgs = rescale_batch(imgs, multi_scale_size(opt.imgsz, gs, random), gs)
-        accumulate = set_warmup(run.optimizer, ni, state.warmup_iters, epoch, opt, run.hyp)
+        accumulate = set_warmup(run.optimizer, ni, state.warmup_iters, epoch, run.hyp, opt.epochs,
+                                run.total_batch_size, opt.nbs, opt.cos_lr)
         with run.precision.autocast(device.type):
             preds = model(imgs)
         loss, parts = run.loss_fn([p.float() for p in preds], targets)  # fp32 loss whatever the forward's dtype
@@ -297,17 +317,16 @@ def validate_epoch(run: Run, epoch: int) -> tuple[dict, float]:
                            single_cls=opt.single_cls, dataloader=run.val_loader, save_dir=run.save_dir,
                            plots=final and not opt.noplots, compute_loss=run.loss_fn,
                            half=run.precision.dtype == torch.float16,
-                           tfl_s=getattr(opt, "tiny_area", None) or run.hyp.tfl_s, verbose=final, names=run.names)
+                           tfl_s=opt.tiny_area or run.hyp.tfl_s, verbose=final, names=run.names)
     return results, fitness(np.array([[results.get(k, 0.0) for k in METRIC_KEYS]]))[0] if results else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: 0 on success; 1 after a user error (bad hyp/data YAML, missing weights, bad flags, run folder
     in use), printed as one line on stderr; 130 after Ctrl-C, saying where last.pt is and how to resume."""
-    opt = argparse.Namespace()
 
     def call() -> None:
-        vars(opt).update(vars(get_args_parser(ArgumentParser, __doc__).parse_args(argv)))
+        opt = TrainOptions.from_args(get_args_parser(ArgumentParser, __doc__).parse_args(argv))
         if opt.evolve is not None:
             evolve.run_evolve(opt, train, load_hyp(opt.hyp, hyp_overrides(opt)), check_dataset)
         else:
@@ -315,9 +334,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return run_main("train.py", call, errors=(FloatingPointError,))
-    except KeyboardInterrupt:
-        print(evolve.interrupted_message(opt) if getattr(opt, "evolve", None) is not None
-              else interrupted_message(getattr(opt, "save_dir", None)), file=sys.stderr)
+    except KeyboardInterrupt as e:  # Interrupted once a run or study folder exists: its message says where
+        print(e.message if isinstance(e, Interrupted) else interrupted_message(None), file=sys.stderr)
         return 130
 
 

@@ -197,8 +197,8 @@ def run_ours(a: argparse.Namespace, project: Path, gate: Gate) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.set_flush_denormal(a.flush_denormal)
-    opt = ours.get_args_parser().parse_args(["--data", a.data, "--cfg", a.cfg, "--project", str(project),
-                                             "--name", "ours", "--noval", *common_flags(a)])
+    opt = ours.TrainOptions.from_args(ours.get_args_parser().parse_args(
+        ["--data", a.data, "--cfg", a.cfg, "--project", str(project), "--name", "ours", "--noval", *common_flags(a)]))
     t_setup = time.perf_counter()
     run, state = ours.build_run(opt)
     setup_s = time.perf_counter() - t_setup

@@ -183,17 +183,18 @@ def test_resume_restores_exactly_what_a_checkpoint_saves(tmp_path):
     from models.yolo import DetectionModel
     from utils.torch_utils import ModelEMA
     from utils.train.builders import build_optimizer
+    from utils.train.options import TrainOptions, saved_options
     from utils.train.state import LoopState, ResumeError, restore_training_state, save_epoch
 
     def make_run():
         torch.manual_seed(0)
         model = DetectionModel("yolov5n.yaml", nc=4)
-        opt = train.get_args_parser().parse_args(["--epochs", "5"])
-        opt.save_dir = str(tmp_path)
-        optimizer, scheduler = build_optimizer(model, opt, load_hyp())
+        opt = TrainOptions.from_args(train.get_args_parser().parse_args(["--epochs", "5"]))
+        optimizer, scheduler = build_optimizer(model, opt, load_hyp(), opt.batch_size)
         return SimpleNamespace(model=model, ema=ModelEMA(model), optimizer=optimizer, scheduler=scheduler,
                                scaler=torch.amp.GradScaler("cpu", enabled=False), hyp=load_hyp(), opt=opt,
-                               names={i: str(i) for i in range(4)}, save_dir=tmp_path)
+                               names={i: str(i) for i in range(4)}, save_dir=tmp_path,
+                               saved_options=lambda: saved_options(opt, opt.batch_size, tmp_path))
 
     (tmp_path / "weights").mkdir()
     run = make_run()

@@ -3,7 +3,6 @@ trial's options, and an Optuna study run, interrupted, continued and pruned on a
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from utils.train.evolve import (
     trial_fitness,
     trial_options,
 )
-from utils.train.options import DEFAULT_SPACE
+from utils.train.options import DEFAULT_SPACE, TrainOptions
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +113,8 @@ def test_fitness_modes_by_hand():
 
 
 def test_trial_options_fold_hyp_flags_into_the_trials_hyp(tmp_path):
-    opt = train.get_args_parser().parse_args(["--tfl-k", "3", "--box-loss", "nwd", "--hyp-set", "lr0=0.02",
-                                              "--evolve", "5", "--resume"])
+    opt = TrainOptions.from_args(train.get_args_parser().parse_args(
+        ["--tfl-k", "3", "--box-loss", "nwd", "--hyp-set", "lr0=0.02", "--evolve", "5", "--resume"]))
     base = load_hyp(opt.hyp, train.hyp_overrides(opt))
     hyp = base.replace(tfl_k=7.5, lr0=0.004)  # the trial's sampled values must win over --tfl-k and --hyp-set
     t = trial_options(opt, tmp_path, "trial_004", hyp, tiny_area=256.0)
@@ -126,11 +125,11 @@ def test_trial_options_fold_hyp_flags_into_the_trials_hyp(tmp_path):
 
 
 def test_a_study_keeps_its_objective(tmp_path):
-    opt = argparse.Namespace(epochs=3, seed=0, evolve_fitness="tiny")
+    opt = TrainOptions.from_args(train.get_args_parser().parse_args(["--epochs", "3", "--evolve-fitness", "tiny"]))
     open_study(tmp_path, opt, tiny_area=256.0)
     open_study(tmp_path, opt, tiny_area=256.0)  # the same objective continues
     with pytest.raises(ValueError, match="--evolve-fitness all"):
-        open_study(tmp_path, argparse.Namespace(epochs=3, seed=0, evolve_fitness="all"), tiny_area=256.0)
+        open_study(tmp_path, opt.replace(evolve_fitness="all"), tiny_area=256.0)
 
 
 # ------------------------------------------------------------------------------------------- the study, end to end

@@ -98,6 +98,31 @@ def test_train_logs_params_metrics_and_artifacts(mlflow_run):
     assert got.read_bytes() == (store_dir / "artifacts" / rid / "artifacts" / "weights" / "best.pt").read_bytes()
 
 
+@pytest.mark.slow
+def test_ctrl_c_then_resume_of_train_py_continues_the_same_mlflow_run(store, tmp_path, monkeypatch, capsys):
+    data = tiny_dataset(tmp_path, n_train=8, n_val=4, imgsz=64)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    real_save = train.save_epoch
+
+    def save_then_interrupt(*a, **kw):
+        real_save(*a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_epoch", save_then_interrupt)
+    assert train.main(["--data", str(data), "--imgsz", "64", "--epochs", "2", "--batch-size", "8", "--workers", "0",
+                       "--noautoanchor", "--noplots", "--seed", "1", "--project", str(tmp_path / "resumed"),
+                       "--name", "exp", "--mlflow"]) == 130
+    last = tmp_path / "resumed" / "exp" / "weights" / "last.pt"
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"resume with: python train.py --resume {last}")
+    rid = load_checkpoint(last)["opt"]["mlflow_run_id"]
+    monkeypatch.setattr(train, "save_epoch", real_save)
+    assert train.main(["--resume", str(last)]) == 0  # no --mlflow: the run's own options say so
+    client = _client(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("resumed").experiment_id])
+    assert run.info.run_id == rid and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(rid, "metrics/mAP_0.5")] == [0, 1]
+
+
 def test_resume_continues_the_same_run_and_unknown_ids_start_a_new_one(store, caplog):
     uri = store
     first = MLflowLogger(uri, "proj", "exp", params={"opt/epochs": 3, "hyp/lr0": 0.01})

@@ -123,7 +123,9 @@ def test_weights_stripped_best_pt_fine_tunes_and_keep_optimizer_keeps_it(runs):
     for k, v in model.state_dict().items():  # every tensor transferred, fp16 -> fp32 exactly
         assert v.dtype == saved[k].dtype or (v.dtype == torch.float32 and saved[k].dtype == torch.float16), k
         assert torch.equal(v, saved[k].to(v.dtype)), k
+    given = dict(vars(opt))
     res = train.train(opt)
+    assert vars(opt) == given  # the caller's options are read, never written
     ck = load_checkpoint(Path(res["save_dir"]) / "weights" / "last.pt")
     assert ck["epoch"] == 0 and "metrics/mAP_0.5" in res  # --keep-optimizer: the full training state
     assert ck["optimizer"] is not None and ck["ema"] is not None and ck["model"]["model.0.conv.weight"].dtype == \
@@ -139,15 +141,15 @@ def checkpoint_sizes(cfg: str = "yolov5n.yaml", nc: int = 80) -> tuple[int, int,
     import tempfile
 
     model = DetectionModel(cfg, nc=nc)
-    opt = train.get_args_parser().parse_args([])
-    optimizer, scheduler = build_optimizer(model, opt, load_hyp())
+    opt = train.TrainOptions.from_args(train.get_args_parser().parse_args([]))
+    optimizer, scheduler = build_optimizer(model, opt, load_hyp(), opt.batch_size)
     model.train()
     sum(p.float().mean() for p in model(torch.zeros(1, 3, 64, 64))).backward()
     optimizer.step()
     with tempfile.TemporaryDirectory() as d:
         full, small = Path(d) / "full.pt", Path(d) / "stripped.pt"
         save_checkpoint(full, model=model, ema=ModelEMA(model), optimizer=optimizer, scheduler=scheduler, epoch=9,
-                        best_fitness=0.5, hyp=load_hyp(), opt=opt, names=None)
+                        best_fitness=0.5, hyp=load_hyp(), opt=opt.to_dict(), names=None)
         strip_optimizer(full, small)
         return full.stat().st_size, small.stat().st_size, sum(p.numel() for p in model.parameters())
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -11,9 +13,11 @@ import sys
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from utils.checkpoints import transfer_weights
+from utils.config.hyp import load_hyp
 from utils.errors import DatasetError, UsageError
 from utils.run_dirs import (
     LOCK_NAME,
@@ -25,7 +29,14 @@ from utils.run_dirs import (
     release_run_lock,
 )
 from utils.train.loop import EarlyStopping, NonFiniteGuard
-from utils.train.options import check_freeze, check_skipped, skip_reason
+from utils.train.options import (
+    TrainOptions,
+    check_freeze,
+    check_skipped,
+    get_args_parser,
+    saved_options,
+    skip_reason,
+)
 from utils.train.schedule import NOMINAL_BATCH, lr_factor, warmup_accumulate, warmup_values
 
 PATHS = [f"/data/images/im{i}.jpg" for i in range(10)]
@@ -216,10 +227,40 @@ def test_skip_reasons_and_the_share_that_stops_training():
 
 
 def test_nominal_batch_sets_the_accumulation():
-    import argparse
-
-    from utils.train.schedule import nominal_batch, warmup_accumulate
-
     assert warmup_accumulate(1000, 100, 16) == 4 and warmup_accumulate(1000, 100, 16, nbs=16) == 1
     assert warmup_accumulate(50, 100, 8, nbs=32) == 2  # halfway through warmup: 1 -> 4
-    assert nominal_batch(argparse.Namespace(nbs=16)) == 16 and nominal_batch(argparse.Namespace()) == 64
+
+
+# --- options: parsed once into a frozen object ----------------------------------------------------------------------
+def test_every_flag_is_a_field_of_the_frozen_options():
+    parser = get_args_parser()
+    flags = {a.dest for a in parser._actions if a.default is not argparse.SUPPRESS}  # all but --help
+    assert flags == {f.name for f in dataclasses.fields(TrainOptions)}  # a new flag needs its field
+    args = parser.parse_args(["--freeze", "1", "2", "--tfl-terms", "box", "cls", "--hyp-set", "lr0=0.02"])
+    opt = TrainOptions.from_args(args)
+    assert (opt.freeze, opt.tfl_terms, opt.hyp_set, opt.nbs) == ((1, 2), ("box", "cls"), ("lr0=0.02",), NOMINAL_BATCH)
+    assert opt.to_dict() == vars(args) and list(opt.to_dict()) == list(vars(args))  # saved as argparse gives them
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opt.epochs = 3
+    assert opt.replace(epochs=3).epochs == 3 and opt.epochs == 10
+    args.save_dir = "runs/train/exp"  # an attribute no flag declares
+    with pytest.raises(TypeError, match=r"no field for \['save_dir'\], no value for \[\]"):
+        TrainOptions.from_args(args)
+    del args.save_dir, args.nbs
+    with pytest.raises(TypeError, match=r"no field for \[\], no value for \['nbs'\]"):
+        TrainOptions.from_args(args)
+
+
+def test_options_a_run_saved_read_back_with_the_parsers_defaults_for_newer_flags(tmp_path):
+    opt = TrainOptions.from_args(get_args_parser().parse_args(["--epochs", "3", "--nbs", "16", "--batch-size", "-1"]))
+    saved = saved_options(opt, 24, tmp_path / "exp", "abc123")  # AutoBatch chose 24
+    assert (saved["batch_size"], saved["save_dir"], saved["mlflow_run_id"]) == (24, str(tmp_path / "exp"), "abc123")
+    assert list(saved)[:len(opt.to_dict())] == list(opt.to_dict()) and "mlflow_run_id" not in saved_options(opt, 8, "x")
+    back = TrainOptions.from_saved(yaml.safe_load(yaml.safe_dump(saved, sort_keys=False)))  # opt.yaml round trip
+    assert back == opt.replace(batch_size=24)  # resumed with the batch size the run trained with
+    older = {k: v for k, v in saved.items() if k not in ("nbs", "tiny_area", "evolve_fitness")}  # before the flags
+    older["a_removed_flag"] = 1
+    back = TrainOptions.from_saved(older)
+    assert (back.nbs, back.tiny_area, back.evolve_fitness, back.epochs) == (NOMINAL_BATCH, None, "all", 3)
+    trial = TrainOptions.from_saved({**saved, "hyp": load_hyp().replace(lr0=0.02).to_dict()})  # an --evolve trial
+    assert trial.hyp == load_hyp().replace(lr0=0.02) and trial.to_dict()["hyp"]["lr0"] == 0.02

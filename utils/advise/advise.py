@@ -33,6 +33,7 @@ from utils.config.hyp import Hyp, load_hyp, parse_overrides
 from utils.config.tiny_rules import DEFAULT_RULES, load_tiny_rules
 from utils.dataset.dataloaders import LoadImagesAndLabels
 from utils.errors import DatasetError
+from utils.train.options import TrainOptions
 from utils.train.options import get_args_parser as train_args
 
 LOGGER = logging.getLogger(__name__)
@@ -93,19 +94,17 @@ def advise(data: dict, imgsz: int, hyp: Hyp, cfg: str | Path | dict = "yolov5n.y
                   user_keys=user_keys)
 
 
-def apply_tiny_auto(opt: argparse.Namespace, hyp: Hyp, data: dict) -> tuple[Hyp, Advice]:
-    """``train.py --tiny auto`` on a new run: prints the advice and applies it: ``opt.imgsz`` and ``opt.cfg`` become
-    the chosen values (opt.yaml records them), the returned hyp carries the overrides (hyp.yaml records it). Save
-    the advice with :func:`save_advice` once the run folder exists."""
+def apply_tiny_auto(opt: TrainOptions, hyp: Hyp, data: dict) -> tuple[TrainOptions, Hyp, Advice]:
+    """``train.py --tiny auto`` on a new run: prints the advice and applies it: returns (``opt`` with ``imgsz`` and
+    ``cfg`` the chosen values (opt.yaml records them), the hyp with the overrides (hyp.yaml records it), the advice).
+    ``opt`` itself is left as it is. Save the advice with :func:`save_advice` once the run folder exists."""
     cfg = opt.cfg or (load_checkpoint(opt.weights)["model_yaml"] if opt.weights else "yolov5n.yaml")
-    advice = advise(data, opt.imgsz, hyp, cfg, max_cost=getattr(opt, "tiny_max_cost", None),
+    advice = advise(data, opt.imgsz, hyp, cfg, max_cost=opt.tiny_max_cost,
                     user_keys=frozenset(parse_overrides(opt.hyp_set)), workers=opt.workers)
     for line in advice.lines():
         LOGGER.info(line)
-    opt.imgsz = advice.imgsz
-    if advice.cfg:
-        opt.cfg = advice.cfg
-    return (hyp.replace(**advice.hyp) if advice.hyp else hyp), advice
+    chosen = opt.replace(imgsz=advice.imgsz, cfg=advice.cfg or opt.cfg)
+    return chosen, (hyp.replace(**advice.hyp) if advice.hyp else hyp), advice
 
 
 def save_advice(advice: Advice, save_dir: str | Path) -> Path:

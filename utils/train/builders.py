@@ -1,13 +1,14 @@
 """Builders train.py composes a :class:`~utils.train.run.Run` with: data loaders, run folder and files, optimiser,
-MLflow, DDP; and the loop's per-epoch bookkeeping."""
+MLflow, DDP; the loop's per-epoch bookkeeping; and what Ctrl-C says (:class:`Interrupted`)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shlex
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +30,9 @@ from utils.run_dirs import acquire_run_lock, increment_path
 from utils.torch_utils import init_seeds, smart_optimizer
 from utils.train.autoanchor import check_anchors, label_wh_pixels, save_anchor_report
 from utils.train.loggers import MLflowLogger, mlflow_tracking_uri, run_artifacts
-from utils.train.options import check_skipped
-from utils.train.precision import FP32
+from utils.train.options import TrainOptions, check_skipped
 from utils.train.run import Run
-from utils.train.schedule import lr_factor, nominal_batch
+from utils.train.schedule import lr_factor
 from utils.train.state import strip_final_weights
 
 LOGGER = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MLRUNS = ROOT / "mlruns"  # --mlflow's local store when MLFLOW_TRACKING_URI is unset: beside the default runs/
 
 
-def build_model(opt: argparse.Namespace, nc: int, hyp: Hyp, device: torch.device) -> nn.Module:
+def build_model(opt: TrainOptions, nc: int, hyp: Hyp, device: torch.device) -> nn.Module:
     """Model from --cfg (or the weights' own YAML), with every matching tensor of --weights transferred."""
     ckpt = load_checkpoint(opt.weights) if opt.weights else None
     cfg = opt.cfg or (ckpt["model_yaml"] if ckpt else "yolov5n.yaml")
@@ -87,7 +87,7 @@ def label_sides_px(dataset, imgsz: int) -> np.ndarray:
     return np.sqrt(wh[:, 0] * wh[:, 1])
 
 
-def build_loaders(opt: argparse.Namespace, data: dict, hyp: Hyp, imgsz: int, stride: int, batch_size: int,
+def build_loaders(opt: TrainOptions, data: dict, hyp: Hyp, imgsz: int, stride: int, batch_size: int,
                   local_rank: int, main_process: bool) -> tuple[DataLoader, LoadImagesAndLabels, DataLoader | None]:
     """(train loader, train set, val loader or None off rank 0). Labels are checked against the data YAML's
     classes and then, with --single-cls, collapsed to class 0. Raises DatasetError when more than
@@ -109,12 +109,10 @@ def build_loaders(opt: argparse.Namespace, data: dict, hyp: Hyp, imgsz: int, str
     return train_loader, dataset, val_loader
 
 
-def plan_run_dir(opt: argparse.Namespace) -> Path:
-    """The run folder (``--project/--name``, numbered unless --exist-ok or --resume), kept in ``opt.save_dir`` but
-    not created: --mlflow names its run after it before anything is written."""
-    if not opt.resume:
-        opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
-    return Path(opt.save_dir)
+def plan_run_dir(opt: TrainOptions, resumed: Path | None = None) -> Path:
+    """The run folder, not yet created: ``resumed`` (the folder of the run --resume continues) or else
+    ``--project/--name``, numbered unless --exist-ok. --mlflow names its run after it before anything is written."""
+    return resumed or increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
 
 
 def create_run_dir(save_dir: Path) -> tuple[Path, Path]:
@@ -124,13 +122,13 @@ def create_run_dir(save_dir: Path) -> tuple[Path, Path]:
     return save_dir, acquire_run_lock(save_dir)
 
 
-def start_run_files(save_dir: Path, opt, hyp: Hyp, dataset, names: dict, model: nn.Module, imgsz: int,
-                    precision: str = FP32.label) -> None:
-    """hyp.yaml and opt.yaml (the options plus ``precision``, --amp's choice: fp16+GradScaler, bf16 or fp32); on a
-    new run also labels.jpg and AutoAnchor (which may change the model's anchors)."""
+def start_run_files(save_dir: Path, opt: TrainOptions, saved: dict, hyp: Hyp, dataset, names: dict, model: nn.Module,
+                    imgsz: int) -> None:
+    """hyp.yaml and opt.yaml (``saved``: the options as the run saves them, plus ``precision``, --amp's choice:
+    fp16+GradScaler, bf16 or fp32); on a new run also labels.jpg and AutoAnchor (which may change the model's
+    anchors)."""
     atomic_write_text(save_dir / "hyp.yaml", yaml.safe_dump(hyp.to_dict(), sort_keys=False))
-    atomic_write_text(save_dir / "opt.yaml", yaml.safe_dump({**plain(vars(opt)), "precision": precision},
-                                                            sort_keys=False))
+    atomic_write_text(save_dir / "opt.yaml", yaml.safe_dump(saved, sort_keys=False))
     if opt.resume:
         return
     if not opt.noplots:
@@ -140,26 +138,25 @@ def start_run_files(save_dir: Path, opt, hyp: Hyp, dataset, names: dict, model: 
         save_anchor_report(check_anchors(dataset, model, thr=hyp.anchor_t, imgsz=imgsz), save_dir)
 
 
-def build_optimizer(model: nn.Module, opt, hyp: Hyp):
-    """YOLOv5's optimiser (weight decay scaled to the nominal batch of 64) and its linear or cosine schedule."""
-    nbs = nominal_batch(opt)
-    accumulate = max(round(nbs / opt.batch_size), 1)
-    decay = hyp.weight_decay * opt.batch_size * accumulate / nbs
+def build_optimizer(model: nn.Module, opt: TrainOptions, hyp: Hyp, batch_size: int):
+    """YOLOv5's optimiser (weight decay scaled to the nominal batch --nbs, 64 as YOLOv5) and its linear or cosine
+    schedule; ``batch_size``: the total over all processes (AutoBatch's choice for --batch-size -1)."""
+    accumulate = max(round(opt.nbs / batch_size), 1)
+    decay = hyp.weight_decay * batch_size * accumulate / opt.nbs
     optimizer = smart_optimizer(model, opt.optimizer, hyp.lr0, hyp.momentum, decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, opt.epochs, hyp.lrf, opt.cos_lr))
     return optimizer, scheduler
 
 
-def start_mlflow(opt: argparse.Namespace, hyp: Hyp, save_dir: Path) -> MLflowLogger:
+def start_mlflow(saved: dict, hyp: Hyp, save_dir: Path) -> MLflowLogger:
     """--mlflow: an MLflow run named after the run folder in the experiment named after --project's folder, at
-    MLFLOW_TRACKING_URI or else the SQLite store in ``MLRUNS``; parameters 'opt/<flag>' and 'hyp/<key>'. Its id is
-    kept in ``opt.mlflow_run_id`` (saved in every checkpoint) so that --resume continues the same MLflow run."""
-    params = {**{f"opt/{k}": v for k, v in plain(vars(opt)).items()},
+    MLFLOW_TRACKING_URI or else the SQLite store in ``MLRUNS``; parameters 'opt/<flag>' (``saved``: the options as
+    the run saves them) and 'hyp/<key>'. It continues the run ``saved['mlflow_run_id']`` (--resume) when there is
+    one; its id (``run_id``) is saved in every checkpoint so that --resume continues the same MLflow run."""
+    params = {**{f"opt/{k}": v for k, v in saved.items()},
               **{f"hyp/{k}": v for k, v in hyp.to_dict().items()}}
-    logger = MLflowLogger(mlflow_tracking_uri(MLRUNS), Path(opt.project).name, save_dir.name, params=params,
-                          run_id=getattr(opt, "mlflow_run_id", None), tags={"save_dir": str(save_dir)})
-    opt.mlflow_run_id = logger.run_id
-    return logger
+    return MLflowLogger(mlflow_tracking_uri(MLRUNS), Path(saved["project"]).name, save_dir.name, params=params,
+                        run_id=saved.get("mlflow_run_id"), tags={"save_dir": str(save_dir)})
 
 
 def setup_ddp(device: torch.device, local_rank: int) -> torch.device:
@@ -224,12 +221,26 @@ def epoch_row(mloss: torch.Tensor, results: dict, optimizer) -> dict[str, float]
     return row
 
 
-def plain(d: dict) -> dict:
-    """A dict of YAML/JSON-safe values (Paths as strings)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C once a run (or an --evolve study) has a folder; ``message`` is the one line train.main prints: where
+    the files are and how to go on."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
 
 
-def interrupted_message(save_dir: str | None) -> str:
+@contextmanager
+def on_ctrl_c(message: Callable[[], str]) -> Iterator[None]:
+    """Ctrl-C in the block (an :class:`Interrupted` of an inner block included) raises :class:`Interrupted` with
+    ``message()``, called then: it says what exists by that time."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        raise Interrupted(message()) from e
+
+
+def interrupted_message(save_dir: str | Path | None) -> str:
     """One line after Ctrl-C: where last.pt is and the exact command that resumes the run."""
     if not save_dir or not Path(save_dir).is_dir():  # the folder is planned (plan_run_dir) before it is created
         return "train.py: interrupted before the run folder was created; nothing to resume"

@@ -27,14 +27,13 @@ the epochs). ``--noval`` validates only the last epoch, which turns pruning off.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,9 +46,9 @@ from utils.config.hyp import SPECS, Hyp, HypError, coerce, load_hyp, read_config
 from utils.errors import UsageError, UserError
 from utils.eval.metrics import fitness
 from utils.run_dirs import increment_path
-from utils.train.builders import ddp_env
+from utils.train.builders import ddp_env, on_ctrl_c
 from utils.train.loop import quiet_interrupted_trials
-from utils.train.options import StudyError, check_study_db, study_db_error, validate_options
+from utils.train.options import StudyError, TrainOptions, check_study_db, study_db_error, validate_options
 
 if TYPE_CHECKING:
     import optuna
@@ -60,7 +59,7 @@ PRUNE_STARTUP = 5  # finished trials before the median pruner may stop one
 HEARTBEAT_S, GRACE_S = 60, 300  # a RUNNING trial without heartbeat for GRACE_S seconds was killed: FAIL, retried
 SQLITE_TIMEOUT_S = 60  # workers wait this long for the database lock
 METRIC_KEYS = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95")
-TrainFn = Callable[..., dict]  # train.train(opt, on_val=None) -> final metrics
+TrainFn = Callable[..., dict]  # train.train(opt: TrainOptions, on_val=None) -> final metrics
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -155,22 +154,18 @@ def trial_fitness(results: dict, mode: str) -> float:
     return float(tiny["map50"]) if mode == "tiny50" else float(fitness([0, 0, tiny["map50"], tiny["map50_95"]]))
 
 
-def trial_options(opt: argparse.Namespace, save_dir: Path, name: str, hyp: Hyp, tiny_area: float
-                  ) -> argparse.Namespace:
+def trial_options(opt: TrainOptions, save_dir: Path, name: str, hyp: Hyp, tiny_area: float) -> TrainOptions:
     """A trial's train.py options: ``opt`` with the trial's full hyp (hyp flags and --hyp-set cleared, they are
     folded into it), its own folder ``save_dir/name``, only the final checkpoint saved and no plots (YOLOv5's
     --evolve does the same), and the study's fixed tiny/big split for validation."""
-    t = argparse.Namespace(**vars(opt))
-    for key in SPECS:  # flags named after hyp keys (--tfl-k, --box-loss, ...) would win over the trial's values
-        if hasattr(t, key) and not (key == "tfl" and t.tfl == "auto"):
-            setattr(t, key, None)
-    vars(t).pop("save_dir", None)
-    vars(t).update(hyp=hyp.to_dict(), hyp_set=[], project=str(save_dir), name=name, exist_ok=True, resume=False,
-                   evolve=None, nosave=True, noplots=True, tiny_area=tiny_area)
-    return t
+    flags = {f.name for f in fields(TrainOptions)}
+    # flags named after hyp keys (--tfl-k, --box-loss, ...) would win over the trial's values
+    cleared = {k: None for k in SPECS if k in flags and not (k == "tfl" and opt.tfl == "auto")}
+    return opt.replace(**cleared, hyp=hyp, hyp_set=(), project=str(save_dir), name=name, exist_ok=True, resume=False,
+                       evolve=None, nosave=True, noplots=True, tiny_area=tiny_area)
 
 
-def make_objective(opt: argparse.Namespace, train_fn: TrainFn, base: Hyp, space: dict[str, Param], save_dir: Path,
+def make_objective(opt: TrainOptions, train_fn: TrainFn, base: Hyp, space: dict[str, Param], save_dir: Path,
                    tiny_area: float) -> Callable[[optuna.Trial], float]:
     """The study's objective: sample, train in ``save_dir/trial_NNN`` reporting each validation's fitness (and
     stopping when the pruner says so), return the final validation's fitness."""
@@ -204,7 +199,7 @@ def make_objective(opt: argparse.Namespace, train_fn: TrainFn, base: Hyp, space:
 # ----------------------------------------------------------------------------------------------------------------
 # The study
 # ----------------------------------------------------------------------------------------------------------------
-def study_dir(opt: argparse.Namespace) -> Path:
+def study_dir(opt: TrainOptions) -> Path:
     """The study folder: ``--resume [FOLDER | FOLDER/study.db]`` continues an existing study (bare: project/name);
     ``--exist-ok`` uses project/name whether or not it exists; otherwise a new numbered folder. The default
     project ``runs/train`` becomes ``runs/evolve`` (as YOLOv5)."""
@@ -221,7 +216,7 @@ def study_dir(opt: argparse.Namespace) -> Path:
     return folder
 
 
-def open_study(save_dir: Path, opt: argparse.Namespace, tiny_area: float) -> optuna.Study:
+def open_study(save_dir: Path, opt: TrainOptions, tiny_area: float) -> optuna.Study:
     """Create or load the study in ``save_dir/study.db``; a study run with another objective is refused. Raises
     StudyError (one line naming the file) when study.db is not a usable Optuna database; the file is left as it
     is."""
@@ -272,10 +267,11 @@ def requeue_interrupted(study: optuna.Study) -> None:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
 
 
-def run_evolve(opt: argparse.Namespace, train_fn: TrainFn, base: Hyp, check_data: Callable[[str], Any]) -> Path:
+def run_evolve(opt: TrainOptions, train_fn: TrainFn, base: Hyp, check_data: Callable[[str], Any]) -> Path:
     """``train.py --evolve N``: check every input, then run the study until it holds N finished trials; writes
     evolve.csv and hyp_evolve.yaml after each trial and the plots at the end. ``check_data(opt.data)`` checks (and
-    prepares) the dataset first (``data.prepare.check_dataset``). Returns the study folder."""
+    prepares) the dataset first (``data.prepare.check_dataset``). Returns the study folder. Ctrl-C raises
+    :class:`~utils.train.builders.Interrupted` saying how to continue the study."""
     import optuna
     from optuna.trial import TrialState
 
@@ -289,39 +285,42 @@ def run_evolve(opt: argparse.Namespace, train_fn: TrainFn, base: Hyp, check_data
         raise UsageError(f"--tfl auto: {opt.evolve_space} searches tfl/tfl_k/tfl_piecewise, which --tfl auto "
                          "would set; drop one of them")
     validate_options(opt)
-    check_data(opt.data)  # a bad data YAML is one line before any folder exists
-    tiny_area = float(getattr(opt, "tiny_area", None) or base.tfl_s)
-    save_dir = study_dir(opt)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    opt.save_dir = str(save_dir)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
-    study = open_study(save_dir, opt, tiny_area)
-    requeue_interrupted(study)
-    finished = (TrialState.COMPLETE, TrialState.PRUNED)
-    done = len(study.get_trials(deepcopy=False, states=finished))
-    LOGGER.info(f"Evolve: study {save_dir / STUDY_DB}, {done}/{opt.evolve} finished trials, {len(space)} "
-                f"hyperparameters from {opt.evolve_space}, objective '{opt.evolve_fitness}'")
+    save_dir: Path | None = None  # the study folder, once it exists (what Ctrl-C's message says)
+    with on_ctrl_c(lambda: interrupted_message(save_dir)):
+        check_data(opt.data)  # a bad data YAML is one line before any folder exists
+        tiny_area = float(opt.tiny_area or base.tfl_s)
+        save_dir = study_dir(opt)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
+        study = open_study(save_dir, opt, tiny_area)
+        requeue_interrupted(study)
+        finished = (TrialState.COMPLETE, TrialState.PRUNED)
+        done = len(study.get_trials(deepcopy=False, states=finished))
+        LOGGER.info(f"Evolve: study {save_dir / STUDY_DB}, {done}/{opt.evolve} finished trials, {len(space)} "
+                    f"hyperparameters from {opt.evolve_space}, objective '{opt.evolve_fitness}'")
 
-    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        value = f"fitness {trial.value:.5f}" if trial.value is not None else trial.state.name.lower()
-        LOGGER.info(f"Evolve: trial {trial.number} {value}; results in {save_dir / str(trial.user_attrs.get('dir'))}")
-        write_results(study, save_dir)
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            value = f"fitness {trial.value:.5f}" if trial.value is not None else trial.state.name.lower()
+            folder = save_dir / str(trial.user_attrs.get("dir"))
+            LOGGER.info(f"Evolve: trial {trial.number} {value}; results in {folder}")
+            write_results(study, save_dir)
 
-    if done < opt.evolve:
-        try:
-            with quiet_interrupted_trials():  # Ctrl-C: interrupted_message's line, not Optuna's traceback
-                study.optimize(make_objective(opt, train_fn, base, space, save_dir, tiny_area),
-                               n_trials=opt.evolve - done,
-                               callbacks=[optuna.study.MaxTrialsCallback(opt.evolve, states=finished), after_trial],
-                               catch=(FloatingPointError,))  # a diverging trial fails, the study goes on
-        except KeyboardInterrupt:
-            write_results(study, save_dir)  # evolve.csv shows the interrupted trial as FAIL
-            raise
-    else:
-        LOGGER.info(f"Evolve: the study already holds {done} finished trials; give a larger --evolve to run more")
-    best = write_results(study, save_dir)
-    if not opt.noplots:
-        plot_study(study, save_dir)
+        if done < opt.evolve:
+            try:
+                with quiet_interrupted_trials():  # Ctrl-C: interrupted_message's line, not Optuna's traceback
+                    study.optimize(make_objective(opt, train_fn, base, space, save_dir, tiny_area),
+                                   n_trials=opt.evolve - done,
+                                   callbacks=[optuna.study.MaxTrialsCallback(opt.evolve, states=finished),
+                                              after_trial],
+                                   catch=(FloatingPointError,))  # a diverging trial fails, the study goes on
+            except KeyboardInterrupt:
+                write_results(study, save_dir)  # evolve.csv shows the interrupted trial as FAIL
+                raise
+        else:
+            LOGGER.info(f"Evolve: the study already holds {done} finished trials; give a larger --evolve to run more")
+        best = write_results(study, save_dir)
+        if not opt.noplots:
+            plot_study(study, save_dir)
     LOGGER.info(f"Evolve: {best or 'no completed trial yet'}; results in {save_dir}")
     return save_dir
 
@@ -386,9 +385,8 @@ def plot_study(study: optuna.Study, save_dir: Path) -> list[Path]:
     return out
 
 
-def interrupted_message(opt: argparse.Namespace) -> str:
-    """One line after Ctrl-C during --evolve: where the study is and how to continue it."""
-    save_dir = getattr(opt, "save_dir", None)
+def interrupted_message(save_dir: Path | None) -> str:
+    """One line after Ctrl-C during --evolve: where the study (``save_dir``) is and how to continue it."""
     if not save_dir or not (Path(save_dir) / STUDY_DB).is_file():
         return "train.py: evolve interrupted before the study was created; nothing to continue"
     return (f"train.py: evolve interrupted; {Path(save_dir) / STUDY_DB} keeps every finished trial (the interrupted "

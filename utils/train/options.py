@@ -1,21 +1,23 @@
-"""train.py's options: the command-line flags, each declared once (default, type, meaning), the hyperparameter
-overrides they carry (``--hyp-set`` and the TFL / box-loss flags), and the checks of options and data before and while
-a run goes (flag combinations, ``--freeze``, the share of images skipped as corrupt, a study.db that Optuna
-cannot use)."""
+"""train.py's options: the command-line flags, each declared once (default, type, meaning) in
+:func:`get_args_parser`; :class:`TrainOptions`, the frozen object they are parsed into once (and that options saved
+with a run are read back into); the hyperparameter overrides they carry (``--hyp-set`` and the TFL / box-loss
+flags); and the checks of options and data before and while a run goes (flag combinations, ``--freeze``, the share
+of images skipped as corrupt, a study.db that Optuna cannot use)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import re
 import sqlite3
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from utils.cli import check_args
-from utils.config.hyp import HYP_DIR, parse_overrides
+from utils.config.hyp import HYP_DIR, Hyp, load_hyp, parse_overrides
 from utils.errors import DatasetError, UsageError, UserError
 from utils.train.precision import AMP_CHOICES
 from utils.train.schedule import NOMINAL_BATCH
@@ -39,8 +41,9 @@ def get_args_parser(parser: type[argparse.ArgumentParser] = argparse.ArgumentPar
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all devices; -1: AutoBatch (CUDA)")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=128, help="train and val image size (px)")
     p.add_argument("--rect", action="store_true", help="rectangular training batches")
-    p.add_argument("--nbs", type=int, default=64, help="nominal batch size: gradients accumulate up to it and weight "
-                   "decay is scaled to it (YOLOv5's fixed 64; smaller = more optimiser steps in a short schedule)")
+    p.add_argument("--nbs", type=int, default=NOMINAL_BATCH, help="nominal batch size: gradients accumulate up to "
+                   "it and weight decay is scaled to it (YOLOv5's fixed 64; smaller = more optimiser steps in a short "
+                   "schedule)")
     p.add_argument("--multi-scale", action="store_true", help="each batch at a random stride-aligned size in "
                    "[0.5, 1.5] x imgsz (as YOLOv5)")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume a run: its last.pt or the latest")
@@ -99,7 +102,114 @@ def get_args_parser(parser: type[argparse.ArgumentParser] = argparse.ArgumentPar
     return p
 
 
-def hyp_overrides(opt: argparse.Namespace) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """train.py's options, parsed once and never changed: one field per flag of :func:`get_args_parser`, which
+    declares each flag's default and meaning (so the fields have no defaults here). Build it with
+    :meth:`from_args` (a parse result) or :meth:`from_saved` (the options a run saved), derive variants with
+    :meth:`replace`. Values a run computes (its folder, AutoBatch's batch size, the MLflow run id, the resumed
+    state) live in the run (utils.train.run.Run), not here. Lists become tuples."""
+
+    weights: str
+    cfg: str
+    data: str
+    hyp: str | Hyp  # a hyp YAML, or (an --evolve trial) the trial's full hyperparameters
+    epochs: int
+    batch_size: int  # total over all devices; -1: AutoBatch (the run's choice is Run.total_batch_size)
+    imgsz: int
+    rect: bool
+    nbs: int
+    multi_scale: bool
+    resume: bool | str  # False, True (the latest run) or a checkpoint path (--evolve: a study folder)
+    nosave: bool
+    noval: bool
+    noautoanchor: bool
+    noplots: bool
+    cache: str | None
+    device: str
+    single_cls: bool
+    allow_skipped: bool
+    optimizer: str
+    sync_bn: bool
+    workers: int
+    project: str
+    name: str
+    exist_ok: bool
+    cos_lr: bool
+    label_smoothing: float | None
+    patience: int
+    freeze: tuple[int, ...]
+    save_period: int
+    keep_optimizer: bool
+    mlflow: bool
+    seed: int
+    amp: str
+    local_rank: int
+    tfl: str | None
+    tfl_k: float | None
+    tfl_s: float | None
+    tfl_piecewise: bool | None
+    tfl_norm: str | None
+    tfl_terms: tuple[str, ...] | None
+    box_loss: str | None
+    hyp_set: tuple[str, ...]
+    tiny_area: float | None
+    tiny: str | None
+    tiny_max_cost: float | None
+    evolve: int | None
+    evolve_space: str
+    evolve_fitness: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainOptions:
+        """The options of a parse result of :func:`get_args_parser`. Raises TypeError when ``args`` lacks a field
+        or holds a value no field names (a flag added to the parser and not here, or a misspelt attribute)."""
+        given, names = vars(args), {f.name for f in dataclasses.fields(cls)}
+        if given.keys() != names:
+            raise TypeError(f"train options: no field for {sorted(given.keys() - names)}, no value for "
+                            f"{sorted(names - given.keys())}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any]) -> TrainOptions:
+        """The options a run saved (opt.yaml, a checkpoint's 'opt'), read back for --resume. Flags the run predates
+        take the parser's defaults (the one place where that happens); other keys (``save_dir``,
+        ``mlflow_run_id``, options since removed) are not options and are left out. A trial's hyp dict becomes
+        a Hyp."""
+        values = vars(get_args_parser().parse_args([]))
+        values.update({k: v for k, v in saved.items() if k in values})
+        if isinstance(values["hyp"], Mapping):
+            values["hyp"] = load_hyp(dict(values["hyp"]))
+        return cls.from_args(argparse.Namespace(**values))
+
+    def replace(self, **changes: Any) -> TrainOptions:
+        """A copy with ``changes`` (field names) applied."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values in the flags' order, as argparse gives them (lists, a hyp YAML path or dict)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _plain(v: Any) -> Any:
+    """A field's value as YAML, a checkpoint and MLflow take it (lists, dicts, strings)."""
+    if isinstance(v, tuple):
+        return list(v)
+    if isinstance(v, Hyp):
+        return v.to_dict()
+    return str(v) if isinstance(v, Path) else v
+
+
+def saved_options(opt: TrainOptions, total_batch_size: int, save_dir: Path, mlflow_run_id: str | None = None
+                  ) -> dict[str, Any]:
+    """What a run saves as its options (opt.yaml, every checkpoint's 'opt', MLflow's 'opt/' parameters) and
+    --resume reads back: the flags, --batch-size as the run trains with it (AutoBatch's choice), the run folder,
+    and the MLflow run id that --resume continues."""
+    out = {**opt.to_dict(), "batch_size": total_batch_size, "save_dir": str(save_dir)}
+    return {**out, "mlflow_run_id": mlflow_run_id} if mlflow_run_id else out
+
+
+def hyp_overrides(opt: TrainOptions) -> dict[str, Any]:
     """Command-line hyperparameter overrides: ``--hyp-set key=value`` strings (parsed against each key's declared
     type by utils.config.hyp) and, winning over them, the explicit flags as typed values."""
     out: dict[str, Any] = parse_overrides(opt.hyp_set)
@@ -117,17 +227,17 @@ CACHE_MODES = ("ram", "disk")
 
 
 # --- options --------------------------------------------------------------------------------------------------------
-def validate_options(opt: argparse.Namespace) -> None:
+def validate_options(opt: TrainOptions) -> None:
     """Check train.py's options that argparse cannot (ranges, optional values) before any work is done.
     Raises UsageError naming the flag."""
     check_args(epochs=(opt.epochs >= 1, f"must be >= 1, got {opt.epochs}"),
                batch_size=(opt.batch_size >= 1 or opt.batch_size == -1,
                            f"must be >= 1, or -1 for AutoBatch (CUDA), got {opt.batch_size}"),
                imgsz=(opt.imgsz >= 1, f"must be >= 1 px, got {opt.imgsz}"),
-               nbs=(getattr(opt, "nbs", NOMINAL_BATCH) >= 1, f"must be >= 1, got {getattr(opt, 'nbs', None)}"),
+               nbs=(opt.nbs >= 1, f"must be >= 1, got {opt.nbs}"),
                workers=(opt.workers >= 0, f"must be >= 0, got {opt.workers}"),
                cache=(opt.cache in (None, False, *CACHE_MODES), f"must be 'ram' or 'disk', got {opt.cache!r}"),
-               freeze=(min(opt.freeze, default=0) >= 0, f"layer numbers must be >= 0, got {opt.freeze}"))
+               freeze=(min(opt.freeze, default=0) >= 0, f"layer numbers must be >= 0, got {list(opt.freeze)}"))
 
 
 def check_freeze(freeze: Sequence[int], n_layers: int) -> None:

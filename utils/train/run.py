@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from utils.loss.compute_loss import ComputeLoss
 from utils.torch_utils import ModelEMA
 from utils.train.loggers import RunLogger
 from utils.train.loop import EarlyStopping, NonFiniteGuard
+from utils.train.options import TrainOptions, saved_options
 from utils.train.precision import FP32, Precision
 
 
@@ -32,7 +32,7 @@ class NoEMA:
 class Run:
     """Everything one training run is made of, built once before the first epoch (train.build_run)."""
 
-    opt: argparse.Namespace  # the command line (on --resume: the run's own, saved in its checkpoint)
+    opt: TrainOptions  # the command line (on --resume: the run's own, saved in its checkpoint)
     hyp: Hyp  # validated hyperparameters (after --tfl auto), saved as hyp.yaml
     data: dict[str, Any]  # the checked data YAML (data.prepare.check_dataset)
     names: dict[int, str]  # class names the model predicts ({0: 'item'} with --single-cls on multi-class data)
@@ -42,7 +42,8 @@ class Run:
     world_size: int  # DDP processes, 1 without DDP
     save_dir: Path  # the run folder (only rank -1/0 writes to it)
     imgsz: int  # train and val image size, input px (a multiple of the largest stride)
-    batch_size: int  # images per batch per process (--batch-size / world_size)
+    batch_size: int  # images per batch per process (total_batch_size / world_size)
+    total_batch_size: int  # images per batch over all processes: --batch-size, or AutoBatch's choice for -1
     model: nn.Module  # DetectionModel, DDP-wrapped under DDP
     train_loader: DataLoader
     dataset: LoadImagesAndLabels  # the training set
@@ -57,7 +58,12 @@ class Run:
     logger: RunLogger | None  # results.csv + TensorBoard, rank -1/0 only
     lock: Path | None = None  # the run folder's lock file, removed when the run ends
     precision: Precision = FP32  # --amp's choice: the forward pass's autocast dtype (utils.train.precision)
+    mlflow_run_id: str | None = None  # --mlflow's run (saved with the options: --resume continues it)
 
     @property
     def main_process(self) -> bool:
         return self.rank in (-1, 0)
+
+    def saved_options(self) -> dict[str, Any]:
+        """The options every checkpoint saves and --resume reads back (utils.train.options.saved_options)."""
+        return saved_options(self.opt, self.total_batch_size, self.save_dir, self.mlflow_run_id)

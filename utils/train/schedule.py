@@ -41,17 +41,14 @@ def warmup_accumulate(ni: int, nw: int, batch_size: int, nbs: int = NOMINAL_BATC
     return max(1, int(np.interp(ni, [0, nw], [1, nbs / batch_size]).round()))
 
 
-def nominal_batch(opt) -> int:
-    """``--nbs``: gradients accumulate up to this batch and weight decay is scaled to it (YOLOv5's fixed 64; runs
-    saved before the flag existed resume with 64)."""
-    return int(getattr(opt, "nbs", None) or NOMINAL_BATCH)
-
-
-def set_warmup(optimizer: torch.optim.Optimizer, ni: int, nw: int, epoch: int, opt, hyp: Hyp) -> int:
-    """Apply warmup learning rates and momentum at iteration ``ni``; returns the accumulation steps."""
+def set_warmup(optimizer: torch.optim.Optimizer, ni: int, nw: int, epoch: int, hyp: Hyp, epochs: int,
+               batch_size: int, nbs: int = NOMINAL_BATCH, cos: bool = False) -> int:
+    """Apply warmup learning rates and momentum at iteration ``ni`` (of ``nw`` warmup iterations) of a run of
+    ``epochs`` epochs with total ``batch_size`` and nominal batch ``nbs`` (--nbs) and a cosine schedule when ``cos``
+    (--cos-lr); returns the accumulation steps."""
     if ni > nw:
-        return max(round(nominal_batch(opt) / opt.batch_size), 1)
-    f = lr_factor(epoch, opt.epochs, hyp.lrf, opt.cos_lr)
+        return max(round(nbs / batch_size), 1)
+    f = lr_factor(epoch, epochs, hyp.lrf, cos)
     lrs, momentum = warmup_values(ni, nw, [g["initial_lr"] * f for g in optimizer.param_groups],
                                   hyp.warmup_bias_lr, hyp.warmup_momentum, hyp.momentum)
     for g, lr in zip(optimizer.param_groups, lrs):
@@ -60,4 +57,4 @@ def set_warmup(optimizer: torch.optim.Optimizer, ni: int, nw: int, epoch: int, o
             g["momentum"] = momentum
         elif "betas" in g:
             g["betas"] = (momentum, g["betas"][1])
-    return warmup_accumulate(ni, nw, opt.batch_size, nominal_batch(opt))
+    return warmup_accumulate(ni, nw, batch_size, nbs)

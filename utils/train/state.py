@@ -74,7 +74,7 @@ def save_epoch(run: Run, state: LoopState, epoch: int, fi: float) -> None:
     """last.pt every epoch, best.pt when fitness ``fi`` ties or beats the best, epoch{n}.pt every --save-period."""
     extra = {**state.extra(), "scaler": run.scaler.state_dict()}  # {} when AMP is off (CPU)
     kw = dict(model=de_parallel(run.model), ema=run.ema, optimizer=run.optimizer, scheduler=run.scheduler,
-              epoch=epoch, best_fitness=state.best_fitness, hyp=run.hyp, opt=run.opt, names=run.names,
+              epoch=epoch, best_fitness=state.best_fitness, hyp=run.hyp, opt=run.saved_options(), names=run.names,
               extra=extra)  # save_checkpoint makes them plain
     weights_dir = run.save_dir / "weights"
     save_checkpoint(weights_dir / "last.pt", **kw)
