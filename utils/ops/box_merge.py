@@ -18,6 +18,8 @@ Units: any, consistent between the boxes and ``nwd_c`` (input px in NMS, origina
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -162,25 +164,39 @@ def merge_groups(dets: torch.Tensor, thres: float, metric: str = "iou", greedy: 
     return groups
 
 
+def _similarity(a: list[float], b: list[float], metric: str, nwd_c: float) -> float:
+    """``pairwise`` of two single xyxy boxes as Python floats (the merge loop calls it once per merged box)."""
+    if metric == "nwd":
+        w2 = (((a[0] + a[2]) - (b[0] + b[2])) / 2) ** 2 + (((a[1] + a[3]) - (b[1] + b[3])) / 2) ** 2 \
+            + (((a[2] - a[0]) - (b[2] - b[0])) / 2) ** 2 + (((a[3] - a[1]) - (b[3] - b[1])) / 2) ** 2
+        return math.exp(-math.sqrt(w2) / nwd_c)
+    inter = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0) * max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+    area_a = max(a[2] - a[0], 0.0) * max(a[3] - a[1], 0.0)
+    area_b = max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)
+    den = area_a + area_b - inter if metric == "iou" else min(area_a, area_b)
+    return inter / den if den > 0 else 0.0
+
+
 def merge_boxes(dets: torch.Tensor, groups: dict[int, list[int]], thres: float, metric: str = "iou",
                 nwd_c: float = NWD_C) -> torch.Tensor:
     """Apply ``merge_groups``: each keeper grows by the boxes of its group that still match it (>= ``thres``);
     returns (k, 6) ``[x1, y1, x2, y2, conf, cls]`` by decreasing confidence."""
+    check_choice("match metric", metric, MATCH_METRICS)
+    rows = dets.detach().cpu().double().tolist()
     out = []
     for keeper, members in groups.items():
-        box = dets[keeper].clone()
+        box = list(rows[keeper])
         for j in members:
-            other = dets[j]
-            if float(pairwise(box[None, :4], other[None, :4], metric, nwd_c)[0, 0]) >= thres:
+            other = rows[j]
+            if _similarity(box, other, metric, nwd_c) >= thres:
                 cls = box[5] if box[4] > other[4] else other[5]  # the higher score's class; a tie: the merged one's
-                box[:2] = torch.minimum(box[:2], other[:2])
-                box[2:4] = torch.maximum(box[2:4], other[2:4])
-                box[4], box[5] = torch.maximum(box[4], other[4]), cls
+                box = [min(box[0], other[0]), min(box[1], other[1]), max(box[2], other[2]), max(box[3], other[3]),
+                       max(box[4], other[4]), cls]
         out.append(box)
     if not out:
         return dets[:0]
-    out = torch.stack(out)
-    return out[out[:, 4].argsort(descending=True, stable=True)]
+    merged = torch.tensor(out, dtype=dets.dtype, device=dets.device)
+    return merged[merged[:, 4].argsort(descending=True, stable=True)]
 
 
 __all__ = ["MATCH_METRICS", "MERGE_METHODS", "NMS_METHODS", "NWD_C", "add_nms_arguments", "check_choice",
