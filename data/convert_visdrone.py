@@ -19,6 +19,7 @@ Option ``splits``: output split -> source folder (default train/val/test from th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,11 @@ DEFAULTS: dict[str, Any] = {"splits": {"train": "VisDrone2019-DET-train", "val":
 MAX_VALUE = 2**31  # |value| bound of an annotation number: pixel coordinates and small codes, never near it
 
 
-def parse_annotation(path: Path) -> np.ndarray:
-    """One VisDrone annotation file -> (n, 8) int64 rows ``x y w h score category truncation occlusion``.
-
-    Raises DatasetError naming the file and line for a row that is not 8 finite integers (|v| < 2^31)."""
+def parse_int_rows(path: Path, ncols: int, expected: str,
+                   ok: Callable[[list[float]], bool] = lambda v: True) -> np.ndarray:
+    """A VisDrone-style annotation file (DET or MOT) -> (n, ncols) int64: comma-separated numbers per line (a
+    trailing comma allowed, blank lines skipped). Raises DatasetError naming the file and line, with ``expected``,
+    for a row that is not ``ncols`` finite numbers (|v| < 2^31) or that ``ok`` refuses."""
     rows = []
     for i, line in enumerate(read_text(path).splitlines(), 1):
         s = line.strip().rstrip(",")
@@ -50,11 +52,18 @@ def parse_annotation(path: Path) -> np.ndarray:
             v = [float(x) for x in s.split(",")]
         except ValueError:
             v = []
-        if len(v) != 8 or not all(math.isfinite(x) and abs(x) < MAX_VALUE for x in v):
-            raise DatasetError(f"{path}: line {i}: expected 8 comma-separated integers "
-                               f"'x,y,w,h,score,category,truncation,occlusion' (|value| < 2^31), got {line.strip()!r}")
+        if len(v) != ncols or not all(math.isfinite(x) and abs(x) < MAX_VALUE for x in v) or not ok(v):
+            raise DatasetError(f"{path}: line {i}: expected {expected}, got {line.strip()!r}")
         rows.append([int(x) for x in v])
-    return np.array(rows, np.int64).reshape(-1, 8)
+    return np.array(rows, np.int64).reshape(-1, ncols)
+
+
+def parse_annotation(path: Path) -> np.ndarray:
+    """One VisDrone annotation file -> (n, 8) int64 rows ``x y w h score category truncation occlusion``.
+
+    Raises DatasetError naming the file and line for a row that is not 8 finite integers (|v| < 2^31)."""
+    return parse_int_rows(path, 8, "8 comma-separated integers 'x,y,w,h,score,category,truncation,occlusion' "
+                                   "(|value| < 2^31)")
 
 
 def _splits(opts: dict[str, Any]) -> list[str]:

@@ -17,7 +17,6 @@ CLI: ``python data/convert_visdrone_mot.py --src VisDrone2019-MOT-val --dst data
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from data.convert_common import read_text  # noqa: E402
+from data.convert_visdrone import parse_int_rows  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import DatasetError  # noqa: E402
@@ -35,29 +34,16 @@ from utils.safe_paths import plain_name  # noqa: E402
 
 IGNORED, OTHERS = 0, 11
 VISIBILITY = {0: 1.0, 1: 0.75, 2: 0.25}
-MAX_VALUE = 2**31
 
 
 def parse_mot_annotation(path: Path) -> np.ndarray:
     """One VisDrone-MOT annotation file -> (n, 10) int64 rows ``frame id left top w h score category truncation
     occlusion``. Raises DatasetError naming the file and line for a row that is not 10 integers with frame >= 1,
     w, h >= 0 and occlusion in 0..2."""
-    rows = []
-    for i, line in enumerate(read_text(path).splitlines(), 1):
-        s = line.strip().rstrip(",")
-        if not s:
-            continue
-        try:
-            v = [float(x) for x in s.split(",")]
-        except ValueError:
-            v = []
-        if len(v) != 10 or not all(math.isfinite(x) and abs(x) < MAX_VALUE and x == int(x) for x in v) \
-                or v[0] < 1 or v[4] < 0 or v[5] < 0 or v[9] not in VISIBILITY:
-            raise DatasetError(f"{path}: line {i}: expected 10 comma-separated integers 'frame,id,left,top,width,"
-                               f"height,score,category,truncation,occlusion' (frame >= 1, occlusion 0-2), got "
-                               f"{line.strip()!r}")
-        rows.append([int(x) for x in v])
-    return np.array(rows, np.int64).reshape(-1, 10)
+    return parse_int_rows(
+        path, 10, "10 comma-separated integers 'frame,id,left,top,width,height,score,category,truncation,"
+        "occlusion' (frame >= 1, occlusion 0-2)",
+        ok=lambda v: all(x == int(x) for x in v) and v[0] >= 1 and v[4] >= 0 and v[5] >= 0 and v[9] in VISIBILITY)
 
 
 def mot_gt_lines(rows: np.ndarray) -> list[str]:
