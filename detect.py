@@ -60,7 +60,7 @@ from utils.atomic import atomic_write_text  # noqa: E402
 from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
 from utils.dataset.sources import DatasetNotFoundError, LoadImages, output_stems, skipped_message  # noqa: E402
 from utils.infer.annotate import annotate, crop_box, save_image  # noqa: E402
-from utils.infer.detector import Detector  # noqa: E402
+from utils.infer.detector import Detector, size_check  # noqa: E402
 from utils.infer.streams import (  # noqa: E402
     LoadImageURL,
     LoadStreams,
@@ -132,7 +132,7 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
     tracker YAML).
     """
     imgsz = imgsz[0] if isinstance(imgsz, list | tuple) else imgsz
-    check_args(imgsz=(imgsz is None or imgsz >= 1, f"must be >= 1, got {imgsz}"),
+    check_args(imgsz=size_check(imgsz),
                conf_thres=(0 <= conf_thres <= 1, f"must be in [0, 1], got {conf_thres}"),
                iou_thres=(0 <= iou_thres <= 1, f"must be in [0, 1], got {iou_thres}"),
                max_det=(max_det >= 1, f"must be >= 1, got {max_det}"),

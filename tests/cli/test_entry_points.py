@@ -53,6 +53,7 @@ BAD = [  # script, argv (with {placeholders} from ``inputs``), what the one line
     ("detect", "--weights {weights} --source {nosource}", "nosource"),
     ("detect", "--weights {weights} --source {images} --conf-thres 2", "--conf-thres must be in [0, 1], got 2.0"),
     ("detect", "--weights {weights} --source {images} --bogus", "unrecognized arguments: --bogus"),
+    ("detect", "--weights {weights} --source {images} --imgsz 99999", "--imgsz must be in [1, 7168] px, got 99999"),
     ("export", "--weights {missing}", "missing.pt"),
     ("export", "--weights {words}", "words.pt: not a checkpoint"),
     ("export", "--weights {weights} --opset 13", "--opset must be >= 17, got 13"),

@@ -71,12 +71,14 @@ def bad_inputs(tmp: Path, data: Path) -> dict[str, tuple[list[str], str]]:
                                "'small_paste_area' = 5000"),  # > 64 x 64 px: known once imgsz is
         "unknown flag": (["--data", str(data), "--no-such-flag"], "--no-such-flag"),
         "not an int": (["--data", str(data), "--seed", "x"], "--seed"),
+        "--imgsz 99999": (["--data", str(data), "--imgsz", "99999"], "--imgsz must be in [1, 7168] px, got 99999"),
+        "--tiny-max-cost alone": (["--data", str(data), "--tiny-max-cost", "2"], "--tiny-max-cost only applies with"),
     }
 
 
 CASES = ["bad hyp YAML", "unknown hyp key", "bad data YAML", "missing data YAML", "missing weights", "--epochs 0",
          "--epochs -1", "--batch-size 0", "--freeze 100", "--freeze 0 99", "--cache bogus", "paste area > image",
-         "unknown flag", "not an int"]
+         "unknown flag", "not an int", "--imgsz 99999", "--tiny-max-cost alone"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -36,15 +36,12 @@ from utils.infer.backends import (
 from utils.infer.slicing import sliced_detect
 from utils.ops.box_merge import MATCH_METRICS, MERGE_METHODS, NMS_METHODS, NWD_C, check_choice
 from utils.ops.boxes import scale_boxes
-from utils.ops.nms import non_max_suppression
+from utils.ops.nms import MAX_IMGSZ, non_max_suppression
 from utils.torch_utils import select_device, time_sync
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_IMGSZ = 640  # input px when the weights do not record their training size (official YOLOv5 weights: 640)
 FAR_FACTOR = 2.0  # an inference size more than this factor from the training size gets a warning
-# Largest validation size (input px): boxes then stay inside NMS's per-class offset (utils.ops.nms.MAX_WH = 7680 px)
-# with rect padding, and one 7168 px image is already 0.6 GB as float32 (99999 px asks OpenCV for 30 GB).
-MAX_IMGSZ = 7168
 _Backend = Backend  # its name before it moved to utils.infer.backends (stub backends in tests subclass it)
 
 

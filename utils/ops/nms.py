@@ -15,6 +15,9 @@ from utils.ops.boxes import xywh2xyxy
 
 LOGGER = logging.getLogger(__name__)
 MAX_WH = 7680  # input px: per-class offset so boxes of different classes never overlap in one nms call
+# Largest input side (px) train.py, val.py and detect.py accept: boxes then stay inside MAX_WH with rect padding, and
+# one 7168 px image is already 0.6 GB as float32 (99999 px asks OpenCV for 30 GB).
+MAX_IMGSZ = 7168
 MAX_NMS = 30000  # most boxes handed to torchvision.ops.nms per image, highest confidence first
 
 

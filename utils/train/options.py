@@ -19,6 +19,7 @@ from typing import Any
 from utils.cli import check_args
 from utils.config.hyp import HYP_DIR, Hyp, load_hyp, parse_overrides
 from utils.errors import DatasetError, UsageError, UserError
+from utils.ops.nms import MAX_IMGSZ
 from utils.train.precision import AMP_CHOICES
 from utils.train.schedule import NOMINAL_BATCH
 
@@ -233,11 +234,13 @@ def validate_options(opt: TrainOptions) -> None:
     check_args(epochs=(opt.epochs >= 1, f"must be >= 1, got {opt.epochs}"),
                batch_size=(opt.batch_size >= 1 or opt.batch_size == -1,
                            f"must be >= 1, or -1 for AutoBatch (CUDA), got {opt.batch_size}"),
-               imgsz=(opt.imgsz >= 1, f"must be >= 1 px, got {opt.imgsz}"),
+               imgsz=(1 <= opt.imgsz <= MAX_IMGSZ, f"must be in [1, {MAX_IMGSZ}] px, got {opt.imgsz}"),
                nbs=(opt.nbs >= 1, f"must be >= 1, got {opt.nbs}"),
                workers=(opt.workers >= 0, f"must be >= 0, got {opt.workers}"),
                cache=(opt.cache in (None, False, *CACHE_MODES), f"must be 'ram' or 'disk', got {opt.cache!r}"),
-               freeze=(min(opt.freeze, default=0) >= 0, f"layer numbers must be >= 0, got {list(opt.freeze)}"))
+               freeze=(min(opt.freeze, default=0) >= 0, f"layer numbers must be >= 0, got {list(opt.freeze)}"),
+               tiny_max_cost=(opt.tiny_max_cost is None or opt.tiny is not None,
+                              "only applies with --tiny auto (it caps the scale --tiny auto may choose)"))
 
 
 def check_freeze(freeze: Sequence[int], n_layers: int) -> None:
