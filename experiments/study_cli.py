@@ -1,5 +1,5 @@
 """The tiny-object study of models that have learned (docs/tiny-study.md): its protocol, its variants and the
-``prepare`` / ``run`` / ``curve`` / ``report`` subcommands of ``experiments/tiny_study.py``.
+``prepare`` / ``run`` / ``curve`` / ``costs`` / ``report`` subcommands of ``experiments/tiny_study.py``.
 
 Protocol (chosen on the val split, see the docs): single-class aerial-like data (``data/synthetic-aerial-1c.yaml``,
 600 / 200 / 400 train / val / test images of 160 px, ~91 % of the objects under 32² px), yolov5n, every run starting
@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from experiments import study_report
+from experiments.study_costs import costs_table, run_costs
 from experiments.study_runner import (
     Protocol,
     StudyError,
@@ -132,6 +133,15 @@ def cmd_curve(args) -> None:
     print(curve_summary(dirs, Path(args.plot) if args.plot else None))
 
 
+def cmd_costs(args) -> None:
+    """Re-time every variant's final weights together (experiments/study_costs.py) and print the table."""
+    out = Path(args.out)
+    record = run_costs(out, Path(args.runs), args.rounds, args.passes, args.train_steps, args.threads,
+                       log=lambda m: print(m, flush=True))
+    print(costs_table(record), end="")
+    print(f"study: wrote {out / study_report.COSTS_FILE}")
+
+
 def cmd_report(args) -> None:
     print(study_report.report(Path(args.out), Path(args.md) if args.md else None,
                               Path(args.plot) if args.plot else None), end="")
@@ -159,6 +169,13 @@ def get_args_parser() -> ArgumentParser:
     q.add_argument("out", help="results folder")
     q.add_argument("--md", default="", help="also write the table here")
     q.add_argument("--plot", default="", help="write the Pareto figure here (PNG)")
+    q = sub.add_parser("costs", help="re-time every variant's final weights together, interleaved (OUT/costs.json)")
+    q.add_argument("out", help="results folder")
+    q.add_argument("--runs", required=True, help="the runs root holding <study>/<variant>/seed<N>/weights/last.pt")
+    q.add_argument("--rounds", type=int, default=7, help="rounds over the variants (median over rounds)")
+    q.add_argument("--passes", type=int, default=20, help="inference passes per round (the fastest counts)")
+    q.add_argument("--train-steps", type=int, default=5, help="training steps per round (their mean counts)")
+    q.add_argument("--threads", type=int, default=1, help="torch threads")
     q = sub.add_parser("curve", help="learning curve and plateau check of run folders validated every epoch")
     q.add_argument("run_dirs", nargs="+", help="train.py run folders (or their results.csv), in training order")
     q.add_argument("--plot", default="", help="write the figure here (PNG)")
@@ -173,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd in ("prepare", "run"):
             check_args(epochs=(args.epochs >= 1, f"must be >= 1, got {args.epochs}"),
                        imgsz=(args.imgsz >= 32, f"must be >= 32, got {args.imgsz}"))
-        {"prepare": cmd_prepare, "run": cmd_run, "curve": cmd_curve, "report": cmd_report}[args.cmd](args)
+        if args.cmd == "costs":
+            check_args(**{k: (getattr(args, k) >= 1, f"must be >= 1, got {getattr(args, k)}")
+                          for k in ("rounds", "passes", "train_steps", "threads")})
+        {"prepare": cmd_prepare, "run": cmd_run, "curve": cmd_curve, "costs": cmd_costs,
+         "report": cmd_report}[args.cmd](args)
 
     return run_main("tiny_study.py", call)
 

@@ -2,9 +2,12 @@
 
 Per variant: n (seeds finished), test-split tiny / big AP50 and tiny recall (mean, x100), the paired difference
 to the baseline AND to the best positive-weight control (95 % CI, two-sided paired t-test p, over the seeds both
-have), and the costs as ratios to the baseline (median training seconds per epoch, median inference ms per image).
-A Pareto figure plots tiny AP50 against inference time; a variant is on the front when no other variant has both
-a higher mean tiny AP50 and a lower (or equal) inference time.
+have), and the costs as ratios to the baseline. Costs come from ``OUT/costs.json`` when it exists (every
+variant's final weights re-timed together by ``tiny_study.py costs``, experiments/study_costs.py: train step ms and
+inference ms per image), else from each run's own timing (median training seconds per epoch, median inference ms
+per image over the seeds; taken while other processes may have shared the cores). A Pareto figure plots tiny AP50
+against inference time (the same source); a variant is on the front when no other variant has both a higher mean
+tiny AP50 and a lower (or equal) inference time.
 
 The best positive-weight control is chosen on the **val** split: among the control variants (``posw-x<f>``, box
 gain and ``obj_pw`` x f), the one whose seed-0 val tiny AP50 is highest (ties: the smaller factor).
@@ -15,6 +18,7 @@ Statistics: mean over seeds; 95 % CI = mean ± t(0.975, n - 1) * sd / sqrt(n) (N
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +35,7 @@ BASELINE = "baseline"
 COLUMNS = (("tiny/map50", "tiny AP50"), ("tiny/r", "tiny R"), ("aitod/very_tiny/map50", "AP50 < 8 px"),
            ("big/map50", "big AP50"))
 Runs = dict[str, dict[int, dict[str, float]]]  # {variant: {seed: {flat key: value}}}
+COSTS_FILE, COSTS_SCHEMA = "costs.json", 1  # OUT/costs.json, written by experiments/study_costs.py
 PLATEAU_REL = 0.05  # converged: the last quarter's best val fitness beats the earlier best by less than this share
 
 
@@ -115,10 +120,49 @@ def median(by_seed: Mapping[int, Mapping[str, float]], key: str) -> float:
     return float(np.median(x)) if x else math.nan
 
 
-def cost_ratio(runs: Runs, name: str, key: str) -> float:
-    """Median ``key`` of ``name`` / the baseline's (NaN without a baseline)."""
-    b = median(runs.get(BASELINE, {}), key)
-    return median(runs[name], key) / b if math.isfinite(b) and b > 0 else math.nan
+def read_costs(out: Path) -> dict[str, Any] | None:
+    """``OUT/costs.json`` (experiments/study_costs.py), or None when there is none; StudyError naming the file when
+    it is not a readable costs file."""
+    f = out / COSTS_FILE
+    if not f.is_file():
+        return None
+    try:
+        c = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StudyError(f"{f}: not a readable costs file ({e}); run the costs command again or move it away") from None
+    if not isinstance(c, dict) or c.get("schema") != COSTS_SCHEMA or not isinstance(c.get("variants"), dict):
+        raise StudyError(f"{f}: not a costs file of schema {COSTS_SCHEMA}; run the costs command again or move it away")
+    return c
+
+
+def cost_values(runs: Runs, costs: Mapping[str, Any] | None = None) -> tuple[tuple[str, str],
+                                                                          dict[str, tuple[float, float]]]:
+    """(the two cost columns' headings, {variant: (train cost, inference ms per image)}). With ``costs``
+    (costs.json's content): its train step ms and inference ms (NaN for a variant it lacks); without: the medians
+    over each variant's runs of training seconds per epoch and inference ms."""
+    if costs is None:
+        return ("train s/epoch (ratio)", "inference ms (ratio)"), {
+            n: (median(v, "train_s_per_epoch"), median(v, "inference_ms_per_image")) for n, v in runs.items()}
+    c = costs["variants"]
+    return ("train step ms (ratio)", "inference ms (ratio)"), {
+        n: (_f((c.get(n) or {}).get("train_step_ms")), _f((c.get(n) or {}).get("inference_ms"))) for n in runs}
+
+
+def ratio_cell(x: float, base: float) -> str:
+    """'12.3 (1.50x)': a cost and its ratio to the baseline's ('nan' ratio without a baseline); '-' without a cost."""
+    if not math.isfinite(x):
+        return "-"
+    return f"{x:.3g} ({x / base if math.isfinite(base) and base > 0 else math.nan:.2f}x)"
+
+
+def costs_source(costs: Mapping[str, Any] | None) -> str:
+    """The report header's words on where the costs come from."""
+    if costs is None:
+        return ("each run's own timing, median over seeds (taken while other processes may have shared the cores; "
+                "`tiny_study.py costs` re-times them together)")
+    return (f"{COSTS_FILE}, the final weights re-timed together ({costs.get('rounds')} interleaved rounds, "
+            f"{costs.get('threads')} thread(s), commit {str(costs.get('git_commit'))[:7]}; train: ms per step on a "
+            f"synthetic batch of {costs.get('batch')}, data loading and augmentation not included)")
 
 
 def fmt_p(p: float) -> str:
@@ -135,16 +179,20 @@ def diff_cell(a: Mapping[int, Mapping[str, float]], b: Mapping[int, Mapping[str,
     return f"{100 * d:+.2f}{h} (p {fmt_p(p)}, n {n})"
 
 
-def table(runs: Runs, defs: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
-    """Markdown table lines: one row per variant (baseline first, then by mean tiny AP50)."""
+def table(runs: Runs, defs: Mapping[str, Mapping[str, Any]] | None = None,
+          costs: Mapping[str, Any] | None = None) -> list[str]:
+    """Markdown table lines: one row per variant (baseline first, then by mean tiny AP50); the cost columns from
+    ``costs`` (costs.json's content) when given (:func:`cost_values`)."""
     defs = defs or {}
+    cost_heads, cost = cost_values(runs, costs)
+    base_cost = cost.get(BASELINE, (math.nan, math.nan))
     ctrl = best_control(runs)
     base = runs.get(BASELINE)
     order = sorted(runs, key=lambda n: (n != BASELINE, -np.nanmean([v.get("tiny/map50", math.nan)
                                                                      for v in runs[n].values()] or [math.nan])))
     head = ["variant", "n", *[h for _, h in COLUMNS], "Δ tiny AP50 vs baseline", f"Δ tiny AP50 vs control "
-            f"({ctrl or 'none yet'})", "Δ big AP50 vs baseline", "train s/epoch (ratio)", "inference ms (ratio)",
-            "input px", "last-quarter val gain", "val tiny AP50"]
+            f"({ctrl or 'none yet'})", "Δ big AP50 vs baseline", *cost_heads, "input px", "last-quarter val gain",
+            "val tiny AP50"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n in order:
         v = runs[n]
@@ -155,8 +203,7 @@ def table(runs: Runs, defs: Mapping[str, Mapping[str, Any]] | None = None) -> li
         cells.append("-" if n == BASELINE else diff_cell(v, base, "tiny/map50"))
         cells.append("-" if n == ctrl or ctrl is None else diff_cell(v, runs[ctrl], "tiny/map50"))
         cells.append("-" if n == BASELINE else diff_cell(v, base, "big/map50"))
-        for key in ("train_s_per_epoch", "inference_ms_per_image"):
-            cells.append(f"{median(v, key):.3g} ({cost_ratio(runs, n, key):.2f}x)")
+        cells += [ratio_cell(x, b) for x, b in zip(cost[n], base_cost)]
         cells.append(str((defs.get(n) or {}).get("imgsz", "?")))
         g = [x.get("plateau_gain", math.nan) for x in v.values()]
         g = [x for x in g if math.isfinite(x)]
@@ -166,14 +213,14 @@ def table(runs: Runs, defs: Mapping[str, Mapping[str, Any]] | None = None) -> li
     return lines
 
 
-def pareto_plot(runs: Runs, path: Path) -> list[str]:
-    """tiny AP50 (mean ± 95 % CI, test) against median inference ms per image; the Pareto front joined by a line.
-    Returns the front's names."""
+def pareto_plot(runs: Runs, path: Path, costs: Mapping[str, Any] | None = None) -> list[str]:
+    """tiny AP50 (mean ± 95 % CI, test) against inference ms per image (costs.json's when ``costs`` is given, else
+    the median over the seeds); the Pareto front joined by a line. Returns the front's names."""
     from utils.plots import new_figure, save_figure  # late import: matplotlib only for the figure
 
-    pts = {n: (median(v, "inference_ms_per_image"), float(np.nanmean([r.get("tiny/map50", math.nan)
-                                                                       for r in v.values()])))
-           for n, v in runs.items()}
+    _, cost = cost_values(runs, costs)
+    pts = {n: (cost[n][1], float(np.nanmean([r.get("tiny/map50", math.nan) for r in v.values()])))
+           for n, v in runs.items() if math.isfinite(cost[n][1])}
     front = pareto_front(pts)
     fig, ax = new_figure((7, 4.5))
     for n, (c, m) in pts.items():
@@ -185,7 +232,8 @@ def pareto_plot(runs: Runs, path: Path) -> list[str]:
     if len(f) > 1:
         ax.plot(*zip(*f), "--", color="C3", lw=1, label="Pareto front")
         ax.legend(fontsize=8)
-    ax.set_xlabel("inference ms per image (batch 1, one CPU thread; median over seeds)")
+    ax.set_xlabel("inference ms per image (batch 1; " + ("re-timed together, costs.json" if costs else
+                                                         "median over seeds") + ")")
     ax.set_ylabel("tiny AP50 x 100 (test, mean ± 95% CI)")
     ax.grid(alpha=0.3)
     save_figure(fig, path)
@@ -198,12 +246,13 @@ def report(out: Path, md: Path | None = None, plot: Path | None = None) -> str:
     runs, defs = load_results(out)
     if not runs:
         raise StudyError(f"{out}: no result files (OUT/<variant>/seed<N>.json) yet")
+    costs = read_costs(out)
     lines = [f"Study `{out.name}`: {sum(len(v) for v in runs.values())} finished runs. Test split, values x 100: "
-             "mean ± 95% CI over seeds; Δ: paired difference ± 95% CI (p, pairs). Costs: median, ratio to the "
-             "baseline. Control: the positive-weight control with the best val tiny AP50 (seed 0).", "",
-             *table(runs, defs)]
+             "mean ± 95% CI over seeds; Δ: paired difference ± 95% CI (p, pairs). Control: the positive-weight "
+             f"control with the best val tiny AP50 (seed 0). Costs (ratio to the baseline): {costs_source(costs)}.",
+             "", *table(runs, defs, costs)]
     if plot:
-        front = pareto_plot(runs, plot)
+        front = pareto_plot(runs, plot, costs)
         lines += ["", f"Pareto front (tiny AP50 vs inference time): {', '.join(front)}"]
     text = "\n".join(lines) + "\n"
     if md:

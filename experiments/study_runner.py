@@ -27,9 +27,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from utils.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = 1
@@ -105,9 +108,18 @@ def plan(variants: list[StudyVariant], seeds: list[int], out: Path, runs_root: P
     if dup:
         raise StudyError(f"variant(s) listed twice: {dup}")
     ordered = sorted(variants, key=lambda v: v.cost)  # sorted() is stable
-    study = out.name
-    return [PlannedRun(v, s, out / v.name / f"seed{s}.json", runs_root / study / v.name / f"seed{s}")
+    return [PlannedRun(v, s, out / v.name / f"seed{s}.json", run_folder(runs_root, out.name, v.name, s))
             for s in seeds for v in ordered]
+
+
+def run_folder(runs_root: Path, study: str, variant: str, seed: int) -> Path:
+    """train.py's run folder of one run: ``runs_root/<study>/<variant>/seed<N>`` (``<study>``: OUT's folder name)."""
+    return runs_root / study / variant / f"seed{seed}"
+
+
+def final_weights(run_dir: Path) -> Path:
+    """The weights a run is evaluated and timed with: its last.pt (not best.pt: the val split chooses nothing)."""
+    return run_dir / "weights" / "last.pt"
 
 
 def read_result(path: Path) -> dict[str, Any]:
@@ -222,18 +234,19 @@ def summarise_metrics(m: dict[str, Any]) -> dict[str, Any]:
     return {"overall": {k: m.get(src) for k, src in keys.items()}, "buckets": buckets}
 
 
-def time_inference(weights: Path, imgsz: int, n: int = 60, warmup: int = 5) -> float:
-    """Fastest of ``n`` forward passes in milliseconds (batch 1, ``imgsz`` x ``imgsz`` input, fused, eval mode) on
-    the current torch threads; NMS excluded (it depends on the detections, not on the method). The minimum, not the
-    median: on a shared machine it is the pass least disturbed by other processes."""
-    import torch
-
+def inference_model(weights: Path) -> torch.nn.Module:
+    """The fused fp32 eval-mode model of a checkpoint, as the inference timings run it."""
     from utils.checkpoints import load_model
 
-    model = load_model(weights, device="cpu").float().eval()
-    if hasattr(model, "fuse"):
-        model = model.fuse()
-    x = torch.rand(1, 3, imgsz, imgsz)
+    return load_model(weights, device="cpu", fuse=True)
+
+
+def fastest_pass_ms(model: torch.nn.Module, x: torch.Tensor, n: int, warmup: int) -> float:
+    """Fastest of ``n`` forward passes of ``model`` on ``x`` in milliseconds, after ``warmup`` untimed ones, on the
+    current torch threads. The minimum, not the median: on a shared machine it is the pass least disturbed by
+    other processes."""
+    import torch
+
     times = []
     with torch.inference_mode():
         for i in range(warmup + n):
@@ -242,6 +255,14 @@ def time_inference(weights: Path, imgsz: int, n: int = 60, warmup: int = 5) -> f
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     return 1e3 * min(times)
+
+
+def time_inference(weights: Path, imgsz: int, n: int = 60, warmup: int = 5) -> float:
+    """Fastest of ``n`` forward passes in milliseconds (batch 1, ``imgsz`` x ``imgsz`` input px, fused, eval mode)
+    on the current torch threads; NMS excluded (it depends on the detections, not on the method)."""
+    import torch
+
+    return fastest_pass_ms(inference_model(weights), torch.rand(1, 3, imgsz, imgsz), n, warmup)
 
 
 def curve_point(epoch: int, m: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -270,7 +291,7 @@ def run_one(r: PlannedRun, p: Protocol, weights: str = "") -> RunOutcome:
 
     final = train.train(train.get_args_parser().parse_args(train_argv(r, p, weights)), on_val=on_val)
     train_s = time.perf_counter() - t0
-    weights_out = r.run_dir / "weights" / "last.pt"
+    weights_out = final_weights(r.run_dir)
     imgsz = r.variant.imgsz(p.imgsz)
     test: dict[str, Any] = {"overall": {}, "buckets": {}}
     for scheme in BUCKET_SCHEMES:

@@ -18,12 +18,13 @@ Usage:
 
 Arguments after ``--`` go to train.py (e.g. ``-- --weights pretrained.pt --noval``).
 
-The study of models that have learned (docs/tiny-study.md) has three subcommands; its runs, result files and report
-live in experiments/study_runner.py and experiments/study_report.py:
+The study of models that have learned (docs/tiny-study.md) has five subcommands; its runs, result files, costs and
+report live in experiments/study_runner.py, experiments/study_costs.py and experiments/study_report.py:
 
     python experiments/tiny_study.py prepare --start runs/tiny-study-v2/start.pt   # the common starting checkpoint
     python experiments/tiny_study.py run --out experiments/results/tiny-study-v2 --seeds 5 \
         --start runs/tiny-study-v2/start.pt                                         # resumable; skips finished runs
+    python experiments/tiny_study.py costs experiments/results/tiny-study-v2 --runs runs  # re-time, quiet machine
     python experiments/tiny_study.py report experiments/results/tiny-study-v2 \
         --md report.md --plot docs/tiny_study_pareto.png
 """
@@ -78,7 +79,7 @@ def variants(phase: str, m: float, sweep: float) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("prepare", "run", "curve", "report"):
+    if argv and argv[0] in ("prepare", "run", "curve", "costs", "report"):
         from experiments import study_cli
 
         return study_cli.main(argv)

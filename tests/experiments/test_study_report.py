@@ -69,9 +69,11 @@ def test_paired_statistics_by_hand(study):
 
 def test_cost_ratios_are_medians_over_the_baseline(study):
     runs, _ = sr.load_results(study)
-    assert sr.cost_ratio(runs, "scale-2x", "train_s_per_epoch") == pytest.approx(200 / 52)
-    assert sr.cost_ratio(runs, "scale-2x", "inference_ms_per_image") == pytest.approx(16 / 4.2)
-    assert sr.cost_ratio(runs, "baseline", "inference_ms_per_image") == pytest.approx(1.0)
+    heads, cost = sr.cost_values(runs)
+    assert heads == ("train s/epoch (ratio)", "inference ms (ratio)")
+    assert cost["scale-2x"] == (200, 16) and cost["baseline"] == pytest.approx((52, 4.2))
+    assert sr.ratio_cell(cost["scale-2x"][0], cost["baseline"][0]) == f"200 ({200 / 52:.2f}x)"
+    assert sr.ratio_cell(4.2, 4.2) == "4.2 (1.00x)" and sr.ratio_cell(math.nan, 4.2) == "-"
 
 
 def test_pareto_front():
