@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
+ROOT = Path(__file__).resolve().parents[2]
 INT8_SCORE_TOL = 0.02  # int8 vs fp32: largest |score difference| (objectness and classes, absolute)
 INT8_BOX_TOL = 0.05  # int8 vs fp32: largest |xywh difference| / max(1, |xywh|) on boxes with objectness > 0.25
 
@@ -124,6 +126,37 @@ def test_openvino_close_to_pytorch(exported):
     assert export.compare(pt(x).numpy(), ov(x).numpy()) <= 1e-4
     meta = yaml.safe_load((d / "tiny.yaml").read_text())
     assert meta["stride"] == 32 and meta["names"] == {0: "car", 1: "person", 2: "boat"}
+
+
+ALTSTACK_CHECK = """
+import ctypes, gc, os, signal, sys, torch
+from pathlib import Path
+from utils.infer.backends import OpenVinoBackend
+class Stack(ctypes.Structure):
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+def altstack_mapped():
+    st = Stack()
+    ctypes.CDLL(None).sigaltstack(None, ctypes.byref(st))
+    spans = [[int(a, 16) for a in line.split()[0].split("-")] for line in open("/proc/self/maps")]
+    return not st.sp or any(lo <= st.sp < hi for lo, hi in spans)
+a = OpenVinoBackend(Path(sys.argv[1]), torch.device("cpu"))
+b = OpenVinoBackend(Path(sys.argv[1]), torch.device("cpu"))
+del a; gc.collect()
+del b; gc.collect()  # freed in the order made: what left the thread on an unmapped signal stack
+print("mapped", altstack_mapped(), flush=True)
+signal.signal(signal.SIGUSR1, lambda *_: print("handled", flush=True))  # a Python handler runs on that stack
+os.kill(os.getpid(), signal.SIGUSR1)
+"""
+
+
+def test_openvino_models_freed_in_any_order_leave_signals_working(exported):
+    """Two OpenVINO models loaded and freed first-made-first-freed, then a signal caught by a Python handler (as
+    PyTorch's DataLoader SIGCHLD handler does): the process must live on. With a Core per model, OpenVINO left the
+    thread's signal stack pointing at freed memory and the signal killed the process with SIGSEGV."""
+    r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", ALTSTACK_CHECK, str(exported["files"]["openvino"])],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert r.stdout.split() == ["mapped", "True", "handled"]
 
 
 @pytest.mark.parametrize("fmt", ["onnx-int8", "torchscript", "openvino"])

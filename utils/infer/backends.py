@@ -15,6 +15,7 @@ Export metadata (written by export.py in every format; YOLOv5 v7.0's own loader 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import logging
 import warnings
@@ -178,12 +179,24 @@ def import_openvino(what: str):
     return openvino
 
 
+@functools.cache
+def openvino_core():
+    """The process's one ``openvino.Core``, created on first use and kept until exit.
+
+    Why one: OpenVINO's CPU plugin gives the thread that creates a Core its own signal stack (``sigaltstack``) and
+    puts the previous one back when that Core is freed. Two Cores freed in the order they were made (first made,
+    first freed: what garbage collection does) leave the thread pointing at a stack that is already unmapped, and the
+    next signal a handler catches (Python's handlers, e.g. PyTorch's SIGCHLD handler for DataLoader workers, run on
+    that stack) kills the process with SIGSEGV. One Core that is never freed never unwinds out of order."""
+    return import_openvino("running OpenVINO models").Core()
+
+
 class OpenVinoBackend(Backend):
     """An OpenVINO IR (``*_openvino_model/NAME.xml`` + ``.bin``) on the CPU plugin, latency hint; metadata from
     ``NAME.yaml`` beside it (YOLOv5's layout). ``threads``: the plugin's inference threads (None: its default)."""
 
     def __init__(self, path: Path, device: torch.device, threads: int | None = None):
-        ov = import_openvino(f"{path}: running OpenVINO models")
+        import_openvino(f"{path}: running OpenVINO models")  # the one-line error names the model
         xml = openvino_xml(path)
         meta_file = xml.with_suffix(".yaml")
         if not meta_file.is_file():
@@ -195,7 +208,7 @@ class OpenVinoBackend(Backend):
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        core = ov.Core()
+        core = openvino_core()
         try:
             model = core.read_model(str(xml))
             self.compiled = core.compile_model(model, "CPU", config)
