@@ -75,12 +75,13 @@ def test_one_graph_per_shape_and_padding_beyond_the_exact_ones(cache, monkeypatc
 
     monkeypatch.setattr(compiler, "MAX_EXACT_SHAPES", 2)  # three shapes are then too many: padded to buckets
     many = [(64, 64), (64, 160), (64, 192)]
-    fwd = CompiledForward(model, backend="eager", strides=STRIDES).pad_for(2, many)
+    fwd = CompiledForward(model, backend="eager", strides=STRIDES).pad_for(4, many)
     assert fwd.pad_shape and fwd.long_side == 192
     for h, w in many:
         x = torch.rand(2, 3, h, w)
         assert fwd(x)[0].shape == model(x)[0].shape
-    assert fwd.stats.graphs == 2  # steps of 64 px (192 / 4 rounded up to the stride): 64 x 64 and 64 x 192
+    # steps of 64 px (192 / 4 rounded up to the stride): 64 x 64 (compiled above) and 64 x 192 for 160 and 192
+    assert fwd.stats.graphs == 1
 
 
 def test_worth_compiling(caplog, monkeypatch):
@@ -116,9 +117,10 @@ def test_de_parallel_unwraps_the_compiled_wrapper():
     assert list(de_parallel(wrapped).state_dict()) == list(model.state_dict())  # no '_orig_mod.' prefix saved
 
 
+@pytest.mark.slow
 def test_inductor_matches_eager_and_fills_the_cache(cache):
-    """The real compiler: inference outputs within 1e-4 (relative) of eager; one training step (forward compiled,
-    loss eager, as train.py does) gives the same loss and gradients; the cache folder is created and written."""
+    """The real compiler (about 30 s for this model on one CPU thread, cold): inference outputs within 1e-4
+    (relative) of eager; the cache folder is created and written."""
     model = micro_model(seed=1)
     x = torch.rand(2, 3, 64, 96).contiguous(memory_format=torch.channels_last)
     fwd = compiled_forward(model, strides=STRIDES)
@@ -130,18 +132,23 @@ def test_inductor_matches_eager_and_fills_the_cache(cache):
     assert fwd.stats.graphs == 1 and fwd.stats.seconds > 0
     assert any(cache.rglob("*.py")) or any(cache.rglob("*.so"))  # generated kernels were written there
 
+
+
+def test_training_step_through_the_compiled_graph_equals_eager(cache):
+    """One training step with the forward compiled (AOT autograd's forward and backward graphs, run without code
+    generation) and the loss eager, as train.py does: the same loss and gradients."""
+    model = micro_model(seed=1).train()
     g = torch.Generator().manual_seed(0)
     imgs = torch.rand(4, 3, 64, 64, generator=g).contiguous(memory_format=torch.channels_last)
     # (n, 6) [image, class, x, y, w, h] normalised: boxes of 6 to 40 px
     targets = torch.tensor([[0, 0, 0.3, 0.3, 0.1, 0.2], [1, 1, 0.5, 0.6, 0.6, 0.4], [3, 2, 0.7, 0.2, 0.2, 0.1]])
-    model.train()
     loss_fn = ComputeLoss(model, imgsz=64)
     grads = []
-    for forward in (model, compiled_forward(model, strides=STRIDES)):
+    for forward in (model, compiled_forward(model, backend="aot_eager")):
         model.zero_grad()
         loss, parts = loss_fn(forward(imgs), targets)
         loss.backward()
         grads.append((float(loss), torch.cat([p.grad.flatten() for p in model.parameters()])))
     (l_eager, g_eager), (l_comp, g_comp) = grads
-    assert l_comp == pytest.approx(l_eager, rel=1e-4)
-    torch.testing.assert_close(g_comp, g_eager, rtol=1e-4, atol=1e-4 * float(g_eager.abs().max()))
+    assert l_comp == pytest.approx(l_eager, rel=1e-5)
+    torch.testing.assert_close(g_comp, g_eager, rtol=1e-4, atol=1e-5 * float(g_eager.abs().max()))
