@@ -257,6 +257,7 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
     else:
         LOGGER.info(f"Results saved to {save_dir}")
         if compiled is not None:  # once per pass; train.py reports its own run's total
+            results["compile"] = {"graphs": compiled.stats.graphs, "seconds": compiled.stats.seconds}
             LOGGER.info(compiled.stats.line("val.py", compile_cache_dir()))
     return results
 

@@ -106,7 +106,7 @@ class TorchBackend(Backend):
         self.train_imgsz = getattr(model, "train_imgsz", None)
         self.compiled: CompiledForward | None = None if compile is None else compiled_forward(
             model, compile.mode, compile.backend, pad_batch=compile.batch, pad_shape=True,
-            strides=self.stride.int().tolist())
+            strides=self.stride.int().tolist(), freeze=True)  # inference: the weights are constants
 
     @torch.no_grad()
     def __call__(self, im: torch.Tensor) -> torch.Tensor:
