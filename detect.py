@@ -58,6 +58,7 @@ if str(ROOT) not in sys.path:
 
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.cli import ArgumentParser, check_args, run_main  # noqa: E402
+from utils.compiler import add_compile_arguments, compile_cache_dir, compile_options, worth_compiling  # noqa: E402
 from utils.dataset.sources import DatasetNotFoundError, LoadImages, output_stems, skipped_message  # noqa: E402
 from utils.infer.annotate import annotate, crop_box, save_image  # noqa: E402
 from utils.infer.detector import Detector, size_check  # noqa: E402
@@ -116,7 +117,8 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
         slice_batch: int = 8, vid_stride: int = 1, stream_buffer: bool = False, reconnects: int = 3,
         reconnect_delay: float = 1.0, stream_timeout: float = 10.0, nms: str = "iou", nwd_c: float = NWD_C,
         slice_merge: str = "nms", slice_match: str | None = None, slice_match_thres: float | None = None,
-        track: str | Path | None = None) -> list[dict]:
+        track: str | Path | None = None, compile: str | None = None, compile_backend: str = "inductor"
+        ) -> list[dict]:
     """Detect objects in ``source``; return one dict per image / video frame with keys ``path``, ``frame`` (video
     or stream frame number, or None), ``shape`` (h, w original px), ``boxes`` (n, 4) xyxy original px, ``scores``
     (n,), ``classes`` (n,), ``save_path`` (annotated file or None), ``txt_path`` (or None) and ``times_ms``
@@ -129,7 +131,8 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
     Raises FileNotFoundError (missing weights/source; DatasetNotFoundError: no file of the source is readable; the
     message names it), CheckpointError (not a model), StreamError (a stream that cannot be opened), DownloadError
     (an image URL), UsageError (a bad argument, ``track`` on a single image) and TrackerConfigError (a bad
-    tracker YAML).
+    tracker YAML). ``compile`` (a mode): torch.compile the model (utils.compiler), unless the source has too few
+    images to pay the compile back.
     """
     imgsz = imgsz[0] if isinstance(imgsz, list | tuple) else imgsz
     check_args(imgsz=size_check(imgsz),
@@ -153,11 +156,16 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
     detector = Detector(weights, imgsz, conf_thres, iou_thres, max_det, device, slice=slice,
                         slice_overlap=slice_overlap, slice_full=slice_full, slice_batch=slice_batch,
                         classes=classes, agnostic=agnostic_nms, half=half, nms=nms, nwd_c=nwd_c,
-                        slice_merge=slice_merge, slice_match=slice_match, slice_match_thres=slice_match_thres)
+                        slice_merge=slice_merge, slice_match=slice_match, slice_match_thres=slice_match_thres,
+                        compile=compile_options(compile, compile_backend))
     folder = not isinstance(source, list) and Path(source).is_dir()  # its images' sequence is named after it
     tracks = None if track is None else TrackSession(track, Path(source).resolve().name if folder else "frames")
     dataset = open_source(source, detector, vid_stride, stream_buffer, reconnects, reconnect_delay, stream_timeout)
     streaming = isinstance(dataset, LoadStreams)
+    compiled = getattr(detector.backend, "compiled", None)
+    images = len(dataset) if isinstance(dataset, LoadImages) and not any(dataset.video_flag) else None  # else frames
+    if compiled and images is not None and not worth_compiling(images, "detect.py"):
+        detector.backend.compiled = compiled = None
     if tracks:
         n_vid = sum(getattr(dataset, "video_flag", []))
         check_trackable(source, len(dataset.files) - n_vid, n_vid, streaming)
@@ -228,6 +236,8 @@ def run(weights: str | Path, source: str | Path | list, imgsz: int | list[int] |
     t = totals * 1e3 / n
     LOGGER.info(f"Speed: {t[0]:.1f}ms pre-process, {t[1]:.1f}ms inference, {t[2]:.1f}ms NMS per image at shape "
                 f"(1, 3, {detector.imgsz}, {detector.imgsz}){f', sliced {slice} px' if slice else ''}")
+    if compiled:
+        LOGGER.info(compiled.stats.line("detect.py", compile_cache_dir()))
     if save_txt:
         nl = len(list((save_dir / "labels").glob("*.txt")))
         LOGGER.info(f"{nl} label{'s' * (nl != 1)} saved to {save_dir / 'labels'}")
@@ -322,6 +332,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice-full", action="store_true", help="also run the whole image downscaled when slicing")
     p.add_argument("--slice-batch", type=int, default=8, help="tiles per forward pass")
     add_nms_arguments(p)
+    add_compile_arguments(p)
     p.add_argument("--track", nargs="?", const="bytetrack-tiny.yaml", default=None, metavar="TRACKER_YAML",
                    help="track objects through videos, streams and folders of frames (default tracker: "
                         "trackers/bytetrack-tiny.yaml)")

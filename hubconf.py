@@ -38,20 +38,21 @@ def _check_packages() -> None:
 
 def custom(path: str = "path/to/model.pt", autoshape: bool = True, _verbose: bool = True, device=None,
            conf: float = 0.25, iou: float = 0.45, size: int | None = None, classes: list[int] | None = None,
-           max_det: int = 1000, agnostic: bool = False, half: bool = False, **settings):
+           max_det: int = 1000, agnostic: bool = False, half: bool = False, compile: str | None = None, **settings):
     """A trained model: our checkpoint, an official YOLOv5 v7.0 .pt or an export.py .onnx at ``path``.
 
     ``device``: None or '' (first GPU, else CPU), 'cpu', '0', ...; ``conf``/``iou``/``classes``/``max_det``/
     ``agnostic``: NMS settings; ``size``: inference size (input px), default the size the weights were trained at;
-    ``half``: fp16 on CUDA; ``settings``: other AutoShape attributes (``slice``, ``slice_overlap``, ...).
+    ``half``: fp16 on CUDA; ``compile``: a torch.compile mode ('default', 'reduce-overhead', 'max-autotune'),
+    docs/speed.md; ``settings``: other AutoShape attributes (``slice``, ``slice_overlap``, ...).
     ``autoshape=False``: the bare DetectionModel. ``_verbose`` is accepted for YOLOv5 compatibility (nothing is
     printed unless logging is configured).
     """
     _check_packages()
     from utils.infer.hub import load_custom
 
-    return load_custom(path, device=device, autoshape=autoshape, half=half, conf=conf, iou=iou, size=size,
-                       classes=classes, max_det=max_det, agnostic=agnostic, **settings)
+    return load_custom(path, device=device, autoshape=autoshape, half=half, compile=compile, conf=conf, iou=iou,
+                       size=size, classes=classes, max_det=max_det, agnostic=agnostic, **settings)
 
 
 def _create(name: str, pretrained: bool, channels: int, classes: int, autoshape: bool, device, settings: dict):

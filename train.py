@@ -52,6 +52,7 @@ from utils.train.builders import (  # noqa: E402
     build_loaders,
     build_model,
     build_optimizer,
+    compile_run,
     create_run_dir,
     ddp_env,
     epoch_row,
@@ -223,6 +224,7 @@ def build_run(opt: TrainOptions) -> tuple[Run, LoopState]:
                 run.model = nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
             run.model = nn.parallel.DistributedDataParallel(
                 run.model, device_ids=[local_rank] if device.type == "cuda" else None)
+        compile_run(run, opt.epochs - state.start_epoch)
         run.logger = RunLogger(save_dir, names, mlflow=mlflow) if main_process else None
     except BaseException as e:
         if mlflow is not None:
@@ -236,7 +238,7 @@ def build_run(opt: TrainOptions) -> tuple[Run, LoopState]:
 
 def resume_options(opt: TrainOptions) -> tuple[TrainOptions, dict | None]:
     """--resume: (the run's own options, as its checkpoint saved them, its checkpoint); (``opt``, None) for a new
-    run. --mlflow and --keep-optimizer given now are kept."""
+    run. --mlflow and --keep-optimizer given now are kept; --compile is taken as given now (a speed choice)."""
     if not opt.resume:
         return opt, None
     path = find_resume_checkpoint(opt.resume, opt.project)
@@ -245,7 +247,8 @@ def resume_options(opt: TrainOptions) -> tuple[TrainOptions, dict | None]:
     check_resumable(ckpt)
     saved = TrainOptions.from_saved(ckpt["opt"])
     return saved.replace(resume=str(path), weights=str(path), cfg="", exist_ok=True, mlflow=saved.mlflow or opt.mlflow,
-                         keep_optimizer=saved.keep_optimizer or opt.keep_optimizer), ckpt
+                         keep_optimizer=saved.keep_optimizer or opt.keep_optimizer, compile=opt.compile,
+                         compile_backend=opt.compile_backend), ckpt
 
 
 def train_one_epoch(run: Run, state: LoopState, epoch: int) -> torch.Tensor:
@@ -266,7 +269,7 @@ def train_one_epoch(run: Run, state: LoopState, epoch: int) -> torch.Tensor:
         accumulate = set_warmup(run.optimizer, ni, state.warmup_iters, epoch, run.hyp, opt.epochs,
                                 run.total_batch_size, opt.nbs, opt.cos_lr)
         with run.precision.autocast(device.type):
-            preds = model(imgs)
+            preds = run.train_forward()(imgs)
         loss, parts = run.loss_fn([p.float() for p in preds], targets)  # fp32 loss whatever the forward's dtype
         if run.world_size > 1:
             loss = loss * run.world_size  # DDP averages gradients across processes
@@ -317,7 +320,8 @@ def validate_epoch(run: Run, epoch: int) -> tuple[dict, float]:
                            single_cls=opt.single_cls, dataloader=run.val_loader, save_dir=run.save_dir,
                            plots=final and not opt.noplots, compute_loss=run.loss_fn,
                            half=run.precision.dtype == torch.float16,
-                           tfl_s=opt.tiny_area or run.hyp.tfl_s, verbose=final, names=run.names)
+                           tfl_s=opt.tiny_area or run.hyp.tfl_s, verbose=final, names=run.names,
+                           forward=run.val_forward)
     return results, fitness(np.array([[results.get(k, 0.0) for k in METRIC_KEYS]]))[0] if results else 0.0
 
 

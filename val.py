@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:
 from data.prepare import check_dataset  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.cli import check_args, run_main  # noqa: E402
+from utils.compiler import CompiledForward, compile_cache_dir, compile_options, for_pass, loader_shapes  # noqa: E402
 from utils.dataset.dataloaders import create_dataloader  # noqa: E402
 from utils.dataset.ignore import centres_in_areas, to_pixels  # noqa: E402
 from utils.dataset.labels import require_labels  # noqa: E402
@@ -113,7 +114,8 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
         tfl_s: float | None = None, model=None, dataloader=None, save_dir: Path | None = None, plots: bool = True,
         compute_loss=None, names: dict[int, str] | None = None, slice_size: int = 0, slice_overlap: float = 0.2,
         protocol: str | None = None, nms: str = "iou", nwd_c: float = NWD_C, slice_merge: str = "nms",
-        slice_match: str | None = None, slice_match_thres: float | None = None) -> dict:
+        slice_match: str | None = None, slice_match_thres: float | None = None, compile: str | None = None,
+        compile_backend: str = "inductor", forward: CompiledForward | None = None) -> dict:
     """Validate ``model`` (when train.py passes it) or the model in ``weights`` on ``data``'s ``task`` split.
 
     ``imgsz`` (input px) defaults to the size ``weights`` was trained at (640 when not recorded). ``single_cls``:
@@ -123,7 +125,9 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
     'speed_ms' (pre-process, inference, NMS per image), 'max_det' (the cap, images that reached it, most ground
     truths in one image) and, under a benchmark protocol (``protocol``, else the data YAML's ``protocol`` when
     not training, else 'yolov5'), 'protocol' (its name, settings and numbers). ``max_det`` defaults to the
-    protocol's cap. ``nms``/``nwd_c`` and ``slice_*`` as detect.py. The same dict is saved as ``metrics.json`` in
+    protocol's cap. ``nms``/``nwd_c`` and ``slice_*`` as detect.py. ``compile`` (a mode) runs ``weights`` compiled,
+    ``forward`` (train.py) is ``model`` compiled: utils.compiler pads batches to at most 7 shapes (one graph each).
+    The same dict is saved as ``metrics.json`` in
     ``save_dir``, which is created only once the weights, data and labels are known usable.
     Raises DatasetError (data YAML), FileNotFoundError / CheckpointError (weights), LabelError (a split without any
     label), UsageError (a bad argument), ValueError (class count mismatch); each names the file or argument.
@@ -148,7 +152,7 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
         backend = None
         imgsz, rect = default_imgsz(imgsz, getattr(model, "train_imgsz", None)), True
     else:
-        backend = load_backend(weights, device=device, half=half)
+        backend = load_backend(weights, device=device, half=half, compile=compile_options(compile, compile_backend))
         model, device = backend, backend.device
         tfl_s = tfl_s or (backend.hyp or {}).get("tfl_s")
         imgsz, rect = validation_input(backend, default_imgsz(imgsz, backend.train_imgsz), weights)  # fixed: square
@@ -165,6 +169,10 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
                                        rect=rect, workers=workers, prefix=f"{split}: ", nc=int(data["nc"]))[0]
         ds = dataloader.dataset
         require_labels(ds.labels, ds.label_files, data[split], prefix=f"{split}: ")
+    compiled = for_pass(forward if training else getattr(backend, "compiled", None), batch_size,
+                        loader_shapes(dataloader, imgsz), None if training else len(dataloader.dataset), "val.py")
+    if backend is not None and hasattr(backend, "compiled"):
+        backend.compiled = compiled
     stems = output_stems(getattr(getattr(dataloader, "dataset", None), "im_files", ()))
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok) if save_dir is None else Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +198,7 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
                                                merge=slice_merge, match=slice_match, match_thres=slice_match_thres)
                                 if slice_size else backend(im)), None
         else:
-            preds, train_out = model(im)
+            preds, train_out = (compiled or model)(im)
         t2 = time.perf_counter()
         if compute_loss is not None and train_out is not None:
             loss += compute_loss(train_out, targets)[1]
@@ -248,6 +256,9 @@ def run(data: str | dict, weights: str | None = None, batch_size: int = 32, imgs
         model.float()
     else:
         LOGGER.info(f"Results saved to {save_dir}")
+        if compiled is not None:  # once per pass; train.py reports its own run's total
+            results["compile"] = {"graphs": compiled.stats.graphs, "seconds": compiled.stats.seconds}
+            LOGGER.info(compiled.stats.line("val.py", compile_cache_dir()))
     return results
 
 

@@ -66,13 +66,14 @@ class Detect(nn.Module):
 
     def _grid(self, i: int, nx: int, ny: int, like: torch.Tensor) -> torch.Tensor:
         """(1, 1, ny, nx, 2) cell indices (x, y) minus 0.5, cached while shape, device and dtype stay the same."""
-        g = self._grids[i]
+        g = None if torch.compiler.is_compiling() else self._grids[i]  # compiled: a constant, no cache to guard on
         if g is None or g.shape[2:4] != (ny, nx) or g.device != like.device or g.dtype != like.dtype:
             y, x = torch.arange(ny, device=like.device, dtype=like.dtype), torch.arange(nx, device=like.device,
                                                                                         dtype=like.dtype)
             yv, xv = torch.meshgrid(y, x, indexing="ij")
             g = (torch.stack((xv, yv), 2) - 0.5).view(1, 1, ny, nx, 2)
-            self._grids[i] = g
+            if not torch.compiler.is_compiling():
+                self._grids[i] = g
         return g
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:

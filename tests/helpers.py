@@ -55,6 +55,27 @@ def make_model(seed: int = 0) -> DetectionModel:
     return model.eval()
 
 
+# A five-conv detector (strides 8, 16, 32): what torch.compile tests build in seconds where yolov5n takes minutes.
+MICRO_CFG = {"nc": 3, "depth_multiple": 1.0, "width_multiple": 1.0,
+             "anchors": [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]],
+             "backbone": [[-1, 1, "Conv", [8, 3, 2]], [-1, 1, "Conv", [16, 3, 2]], [-1, 1, "Conv", [16, 3, 2]],
+                          [-1, 1, "Conv", [16, 3, 2]], [-1, 1, "Conv", [16, 3, 2]]],
+             "head": [[[2, 3, 4], 1, "Detect", ["nc", "anchors"]]]}
+
+
+def micro_model(seed: int = 0) -> DetectionModel:
+    """:data:`MICRO_CFG`'s model, randomised weights and BatchNorm statistics, eval mode."""
+    torch.manual_seed(seed)
+    return randomise_weights(DetectionModel(MICRO_CFG), seed)
+
+
+def micro_cfg_file(folder: Path) -> Path:
+    """:data:`MICRO_CFG` as a model YAML in ``folder`` (for train.py --cfg)."""
+    f = folder / "micro.yaml"
+    f.write_text(yaml.safe_dump(MICRO_CFG))
+    return f
+
+
 def save_model_checkpoint(f: Path, opt: dict | None = None) -> Path:
     """Save :func:`make_model`'s model as one of our checkpoints at ``f`` (``opt``: the run options it records,
     e.g. ``{"imgsz": 128}`` for the trained size); returns ``f``."""

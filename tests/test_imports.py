@@ -28,7 +28,7 @@ ENTRY_SCRIPTS = ("train.py", "val.py", "detect.py", "export.py", "hubconf.py")
 # LOWER layers only (the root modules checkpoints and plots sit below utils.train's layer)
 MIDDLE = {"utils.checkpoints", "utils.plots"}  # above config/dataset/loss/eval, below train/infer
 FOUNDATION = {"utils.errors", "utils.atomic", "utils.cli", "utils.torch_utils", "utils.downloads", "utils.run_dirs",
-              "utils.safe_paths", "utils.archives"}
+              "utils.safe_paths", "utils.archives", "utils.compiler"}
 LAYERS = (("utils.ops",), ("utils.config",), ("utils.dataset",), ("utils.loss", "utils.eval"),
           ("utils.train", "utils.infer"), ("utils.advise", "utils.track"))
 

@@ -86,8 +86,11 @@ def is_parallel(model: nn.Module) -> bool:
 
 
 def de_parallel(model: nn.Module) -> nn.Module:
-    """The wrapped module of a DP/DDP model, else the model itself."""
-    return model.module if is_parallel(model) else model
+    """The wrapped module of a DP/DDP model or of a ``torch.compile`` wrapper (``_orig_mod``; either order), else
+    the model itself: what EMA, checkpoints and exports must hold."""
+    model = getattr(model, "_orig_mod", model)
+    model = model.module if is_parallel(model) else model
+    return getattr(model, "_orig_mod", model)
 
 
 def initialize_weights(model: nn.Module) -> None:

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from utils.cli import ArgumentParser
+from utils.compiler import add_compile_arguments
 from utils.config.protocols import PROTOCOLS
 from utils.errors import UsageError
 from utils.ops.box_merge import add_nms_arguments
@@ -51,6 +52,7 @@ def get_args_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--slice", type=int, default=0, help="sliced inference tile size (px), 0 = off")
     p.add_argument("--slice-overlap", type=float, default=0.2)
     add_nms_arguments(p)
+    add_compile_arguments(p)
     return p
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from utils.checkpoints import CheckpointError, check_loadable, load_model
+from utils.compiler import CompiledForward, CompileOptions, compiled_forward
 from utils.dataset.augmentations import letterbox
 from utils.dataset.sources import imread
 from utils.downloads import attempt_download_weights
@@ -81,9 +82,11 @@ def warn_far_from_trained(imgsz: int, trained: int | None, weights: str | Path) 
 
 
 class TorchBackend(Backend):
-    """A DetectionModel in eval mode (fp16 on CUDA with ``half``)."""
+    """A DetectionModel in eval mode (fp16 on CUDA with ``half``); with ``compile``, its forward compiled
+    (utils.compiler: inputs padded to bucket shapes, ``pad_batch`` images per call), in ``compiled``."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, half: bool = False):
+    def __init__(self, model: torch.nn.Module, device: torch.device, half: bool = False,
+                 compile: CompileOptions | None = None):
         self.model, self.device = model, device
         self.fp16 = half and device.type == "cuda"
         if half and not self.fp16:
@@ -98,11 +101,19 @@ class TorchBackend(Backend):
         hyp = getattr(model, "hyp", None)
         self.hyp = hyp.to_dict() if hasattr(hyp, "to_dict") else (dict(hyp) if isinstance(hyp, dict) else None)
         self.train_imgsz = getattr(model, "train_imgsz", None)
+        self.compiled: CompiledForward | None = None if compile is None else compiled_forward(
+            model, compile.mode, compile.backend, pad_batch=compile.batch, pad_shape=True,
+            strides=self.stride.int().tolist(), freeze=True)  # inference: the weights are constants
 
     @torch.no_grad()
     def __call__(self, im: torch.Tensor) -> torch.Tensor:
         im = im.to(self.device, torch.float16 if self.fp16 else torch.float32)
-        return self.model(im.contiguous(memory_format=torch.channels_last))[0].float()
+        return (self.compiled or self.model)(im.contiguous(memory_format=torch.channels_last))[0].float()
+
+    def warmup(self, imgsz: tuple[int, int, int, int] = (1, 3, 640, 640)) -> None:
+        """As Backend.warmup, except when compiled: a warmup shape the inputs may never take would cost a compile."""
+        if self.compiled is None:
+            super().warmup(imgsz)
 
 
 class OnnxBackend(Backend):
@@ -142,12 +153,13 @@ class OnnxBackend(Backend):
 
 
 def load_backend(weights: str | Path, device: str | torch.device = "", half: bool = False, fuse: bool = True,
-                 threads: int | None = None) -> Backend:
+                 threads: int | None = None, compile: CompileOptions | None = None) -> Backend:
     """The inference backend for ``weights``: ``.onnx`` -> ONNX Runtime, ``.torchscript`` -> TorchScript, a
     ``*_openvino_model`` folder (or its ``.xml``) -> OpenVINO, otherwise a PyTorch checkpoint (ours or official
     YOLOv5 v7.0; ``yolov5s.pt`` etc. are downloaded when absent, see utils.downloads), fused for inference when
     ``fuse``. ``threads``: ONNX Runtime / OpenVINO inference threads (None: their defaults; PyTorch and TorchScript
-    use ``torch.set_num_threads``).
+    use ``torch.set_num_threads``). ``compile``: torch.compile the PyTorch model (utils.compiler); other formats
+    are already compiled by their runtime, so it is ignored for them with one warning line.
 
     Raises:
         FileNotFoundError: ``weights`` does not exist.
@@ -164,13 +176,15 @@ def load_backend(weights: str | Path, device: str | torch.device = "", half: boo
         raise CheckpointError(f"{path}: is a folder without an OpenVINO .xml model, expected a .pt checkpoint, an "
                               ".onnx or .torchscript file or a *_openvino_model folder")
     dev = select_device(device)
+    if compile is not None and (suffix in (".onnx", ".torchscript") or is_openvino):
+        LOGGER.warning(f"--compile applies to PyTorch .pt weights: ignored for {path.name}")
     if suffix == ".onnx":
         return OnnxBackend(path, dev, threads)
     if suffix == ".torchscript":
         return TorchScriptBackend(path, dev, half)
     if is_openvino:
         return OpenVinoBackend(path, dev, threads)
-    return TorchBackend(load_model(path, dev, fuse=fuse), dev, half)
+    return TorchBackend(load_model(path, dev, fuse=fuse), dev, half, compile)
 
 
 def to_tensor(im: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -187,15 +201,16 @@ class Detector:
     are combined by ``slice_merge`` on ``slice_match``, utils/infer/slicing.py). ``nms``: 'iou' or 'nwd' (``nwd_c`` px,
     ``iou_thres`` is then the NWD threshold). ``imgsz``
     (input px) defaults to the size the weights were trained at (:func:`default_imgsz`); a size more than 2x from
-    it is warned about.
+    it is warned about. ``compile``: torch.compile the PyTorch model (utils.compiler, ``detect.py --compile``).
     """
 
     def __init__(self, weights: str | Path, imgsz: int | None = None, conf_thres: float = 0.25, iou_thres: float = 0.45,
                  max_det: int = 300, device: str | torch.device = "", slice: int = 0, slice_overlap: float = 0.2,
                  slice_full: bool = False, slice_batch: int = 8, classes: list[int] | None = None,
                  agnostic: bool = False, half: bool = False, nms: str = "iou", nwd_c: float = NWD_C,
-                 slice_merge: str = "nms", slice_match: str | None = None, slice_match_thres: float | None = None):
-        self.backend = load_backend(weights, device=device, half=half)
+                 slice_merge: str = "nms", slice_match: str | None = None, slice_match_thres: float | None = None,
+                 compile: CompileOptions | None = None):
+        self.backend = load_backend(weights, device=device, half=half, compile=compile)
         self.stride = int(self.backend.stride.max())
         imgsz = default_imgsz(imgsz, self.backend.train_imgsz)
         if imgsz % self.stride:

@@ -36,6 +36,7 @@ from torch import nn
 
 from models.yolo import DetectionModel
 from utils.checkpoints import load_checkpoint, load_model, trained_imgsz, transfer_weights
+from utils.compiler import compile_options
 from utils.dataset.augmentations import letterbox
 from utils.dataset.sources import imread
 from utils.errors import UserError
@@ -286,10 +287,11 @@ def _with_settings(model: AutoShape, settings: dict[str, Any]) -> AutoShape:
 
 
 def load_custom(path: str | Path, device: str | torch.device | None = None, autoshape: bool = True,
-                half: bool = False, **settings: Any) -> AutoShape | DetectionModel:
+                half: bool = False, compile: str | None = None, **settings: Any) -> AutoShape | DetectionModel:
     """The hub model of a weights file: a checkpoint of ours, an official YOLOv5 v7.0 ``.pt`` (downloaded by name
     when absent, utils.downloads) or an ``.onnx`` from export.py. ``settings`` are AutoShape attributes.
-    ``autoshape=False`` returns the bare DetectionModel (eval mode, not fused; .pt only).
+    ``autoshape=False`` returns the bare DetectionModel (eval mode, not fused; .pt only). ``compile``: a
+    torch.compile mode ('default', 'reduce-overhead', 'max-autotune'; utils.compiler) for the PyTorch model.
 
     Raises FileNotFoundError (missing file), CheckpointError (not a model), DownloadError, TypeError/ValueError
     (bad arguments): one-line messages naming the file or argument.
@@ -299,18 +301,20 @@ def load_custom(path: str | Path, device: str | torch.device | None = None, auto
         if Path(path).suffix.lower() == ".onnx":
             raise UserError(f"{path}: autoshape=False returns a PyTorch model; an .onnx needs autoshape=True")
         return load_model(path, select_device(device))
-    return _with_settings(AutoShape(load_backend(path, device=select_device(device), half=half)), settings)
+    backend = load_backend(path, device=select_device(device), half=half, compile=compile_options(compile))
+    return _with_settings(AutoShape(backend), settings)
 
 
 def create(name: str, pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
-           device: str | torch.device | None = None, **settings: Any) -> AutoShape | DetectionModel:
+           device: str | torch.device | None = None, compile: str | None = None, **settings: Any
+           ) -> AutoShape | DetectionModel:
     """``yolov5{n,s,m,l,x}{,6}``: the architecture of ``models/<name>.yaml``.
 
     ``pretrained``: the official weights ``<name>.pt`` (fetched once into the cache, utils.downloads); with
     ``classes != 80`` or ``channels != 3`` the tensors whose names and shapes match are transferred, anchors
     excepted (YOLOv5's hubconf), and class names kept only when the counts agree. ``pretrained=False``: random
-    initialisation. Returns an AutoShape (``settings`` are its attributes), or the DetectionModel in eval mode with
-    ``autoshape=False``.
+    initialisation. Returns an AutoShape (``settings`` are its attributes; ``compile``: as :func:`load_custom`), or
+    the DetectionModel in eval mode with ``autoshape=False``.
     """
     _check_settings(settings)
     if name not in MODEL_NAMES:
@@ -324,7 +328,8 @@ def create(name: str, pretrained: bool = True, channels: int = 3, classes: int =
     weights = f"{name}.pt"
     if pretrained and classes == 80 and channels == 3:  # the official model as it is
         if autoshape:
-            return _with_settings(AutoShape(load_backend(weights, device=dev)), settings)
+            return _with_settings(AutoShape(load_backend(weights, device=dev, compile=compile_options(compile))),
+                                  settings)
         return load_model(weights, dev)
     model = DetectionModel(f"{name}.yaml", ch=channels, nc=classes)
     if pretrained:
@@ -337,4 +342,4 @@ def create(name: str, pretrained: bool = True, channels: int = 3, classes: int =
     model = model.to(dev).eval()
     if not autoshape:
         return model
-    return _with_settings(AutoShape(TorchBackend(model.fuse(), dev)), settings)
+    return _with_settings(AutoShape(TorchBackend(model.fuse(), dev, compile=compile_options(compile))), settings)

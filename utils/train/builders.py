@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from models.yolo import DetectionModel
 from utils.atomic import atomic_write_text
 from utils.checkpoints import load_checkpoint, transfer_weights
+from utils.compiler import compile_cache_dir, compiled_forward, worth_compiling
 from utils.config.hyp import Hyp
 from utils.dataset.dataloaders import LoadImagesAndLabels, create_dataloader
 from utils.dataset.labels import require_labels
@@ -188,6 +189,28 @@ def all_ranks_stop(run: Run, stop: bool) -> bool:
     return stop
 
 
+def compile_run(run: Run, epochs: int) -> None:
+    """--compile: the training forward (the loss is left eager: its target matching has a data-dependent number
+    of rows, which would recompile every batch) and the EMA's validation forward (val.run pads its batches);
+    nothing when ``epochs`` epochs of the training set are too few to pay the compile back."""
+    opt = run.opt
+    if not opt.compile or not worth_compiling(len(run.dataset) * epochs, "train.py"):
+        return
+    run.forward = compiled_forward(run.model, opt.compile, opt.compile_backend)
+    if run.val_loader is not None and hasattr(run.ema, "ema"):
+        run.val_forward = compiled_forward(run.ema.ema, opt.compile, opt.compile_backend,
+                                           strides=run.ema.ema.stride.int().tolist())
+
+
+def compile_report(run: Run) -> str | None:
+    """One line: the graphs --compile built in this run and the seconds they took, with the cache folder."""
+    parts = [f.stats for f in (run.forward, run.val_forward) if f is not None]
+    if not parts:
+        return None
+    total = type(parts[0])(sum(p.graphs for p in parts), sum(p.seconds for p in parts))
+    return total.line("train.py (training and validation)", compile_cache_dir())
+
+
 def finish(run: Run, epochs_done: int, t0: float) -> None:
     """Plot results.csv, strip the optimiser from last.pt and best.pt (unless --keep-optimizer), hand the artefacts
     to MLflow (--mlflow), close the logger, say where everything is."""
@@ -197,6 +220,8 @@ def finish(run: Run, epochs_done: int, t0: float) -> None:
         strip_final_weights(run.save_dir / "weights")
     run.logger.log_artifacts(run_artifacts(run.save_dir))
     run.logger.close()
+    if (line := compile_report(run)) is not None:
+        LOGGER.info(line)
     LOGGER.info(f"{epochs_done} epochs completed in {(time.time() - t0) / 3600:.3f} hours. "
                 f"Results saved to {run.save_dir}")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.cli import check_args
+from utils.compiler import add_compile_arguments
 from utils.config.hyp import HYP_DIR, Hyp, load_hyp, parse_overrides
 from utils.errors import DatasetError, UsageError, UserError
 from utils.ops.nms import MAX_IMGSZ
@@ -77,6 +78,7 @@ def get_args_parser(parser: type[argparse.ArgumentParser] = argparse.ArgumentPar
     p.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="mixed precision: auto = fp16+GradScaler on "
                    "CUDA, bf16 on CPUs with AVX512-BF16/AMX, else fp32; on = the same, warning when only fp32 is "
                    "possible; off = fp32")
+    add_compile_arguments(p)  # --compile [MODE], --compile-backend (utils/compiler.py)
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     # Ours: Tiny Focal Loss and box-loss overrides (they win over the hyp YAML and are saved with the run)
     p.add_argument("--tfl", choices=["on", "off", "auto"], default=None,
@@ -145,6 +147,8 @@ class TrainOptions:
     mlflow: bool
     seed: int
     amp: str
+    compile: str | None  # torch.compile mode, None: eager (a speed choice of the command: --resume takes it as given)
+    compile_backend: str
     local_rank: int
     tfl: str | None
     tfl_k: float | None
@@ -240,7 +244,10 @@ def validate_options(opt: TrainOptions) -> None:
                cache=(opt.cache in (None, False, *CACHE_MODES), f"must be 'ram' or 'disk', got {opt.cache!r}"),
                freeze=(min(opt.freeze, default=0) >= 0, f"layer numbers must be >= 0, got {list(opt.freeze)}"),
                tiny_max_cost=(opt.tiny_max_cost is None or opt.tiny is not None,
-                              "only applies with --tiny auto (it caps the scale --tiny auto may choose)"))
+                              "only applies with --tiny auto (it caps the scale --tiny auto may choose)"),
+               # a compiled forward is specialised to one input shape: a new shape per batch would recompile
+               compile=(not (opt.compile and (opt.multi_scale or opt.rect)),
+                        "needs fixed training shapes: drop --multi-scale and --rect (validation is padded for it)"))
 
 
 def check_freeze(freeze: Sequence[int], n_layers: int) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from utils.compiler import CompiledForward
 from utils.config.hyp import Hyp
 from utils.dataset.dataloaders import LoadImagesAndLabels
 from utils.loss.compute_loss import ComputeLoss
@@ -59,6 +61,14 @@ class Run:
     lock: Path | None = None  # the run folder's lock file, removed when the run ends
     precision: Precision = FP32  # --amp's choice: the forward pass's autocast dtype (utils.train.precision)
     mlflow_run_id: str | None = None  # --mlflow's run (saved with the options: --resume continues it)
+    # --compile: the training forward of ``model`` and the validation forward of the EMA, compiled (utils.compiler);
+    # None: eager. ``model`` and ``ema`` stay the plain modules that checkpoints save.
+    forward: CompiledForward | None = None
+    val_forward: CompiledForward | None = None
+
+    def train_forward(self) -> Callable:
+        """What the training step calls on the images: the compiled forward, else the model."""
+        return self.forward or self.model
 
     @property
     def main_process(self) -> bool:
