@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import numpy as np
 
+from experiments.study_report import fmt_p
 from experiments.study_runner import StudyError, final_weights, read_result, run_folder, summarise_metrics
 from experiments.tiny_report import ci95, paired
 from utils.atomic import atomic_write_text
@@ -128,7 +129,7 @@ def report(out: Path) -> str:
                 cell = f"{100 * mean:.2f}"
                 if c != BASE:
                     d, half, p, n = paired(by_cfg[c], by_cfg[BASE], k)
-                    cell += f" ({100 * d:+.2f} ± {100 * half:.2f}, p {p:.2g}, n {n})" if n > 1 else ""
+                    cell += f" ({100 * d:+.2f} ± {100 * half:.2f}, p {fmt_p(p)}, n {n})" if n > 1 else ""
                 cells.append(cell)
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
