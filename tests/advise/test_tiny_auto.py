@@ -78,9 +78,10 @@ def test_tiny_heavy_data_gets_a_larger_input_and_the_positive_weight():
     a = choose(at_sizes(128, rules, tiny_share=0.9), 128, rules, HYP)
     assert a.imgsz == 256 and a.imgsz > a.base_imgsz and a.cost == pytest.approx(4.0)
     assert a.hyp == {"box": pytest.approx(0.05 * 1.56), "obj_pw": pytest.approx(1.56)}
-    assert a.cfg is None  # stride 8 matches the tiny objects; P2's effect is not measured
+    assert a.cfg is None  # stride 8 matches the tiny objects; P2's measured effect is negative
     assert len(a.lines()) == 5 and all(line.startswith("tiny auto: ") for line in a.lines())
-    assert "+22.0 pt" in a.lines()[1] and "+7.8 pt" in a.lines()[3] and "p 0.04" in a.lines()[3]
+    assert "+20.3 pt" in a.lines()[1] and "n 1" in a.lines()[1]
+    assert "+7.8 pt" in a.lines()[3] and "p 0.04" in a.lines()[3]
     assert "copy-paste: unchanged" in a.lines()[4] and "under the 2 pt bar" in a.lines()[4]
 
 
@@ -118,7 +119,7 @@ def test_the_cap_is_never_exceeded_and_rounding_to_the_stride_counts():
 
 
 def test_p2_only_when_stride_8_cannot_match_most_tiny_objects():
-    rules = load_tiny_rules(rules_dict(p2={"effect": 5.0}, scale_2={"effect": None}))
+    rules = load_tiny_rules(rules_dict(p2={"effect": 5.0}, scale_2={"effect": None}, **{"scale_1.5": {"effect": None}}))
     kw = dict(p2_cfg="yolov5n-p2.yaml")
     assert choose(at_sizes(128, rules, 0.9, tiny_match8=0.9), 128, rules, HYP, **kw).cfg is None
     a = choose(at_sizes(128, rules, 0.9, tiny_match8=0.2), 128, rules, HYP, **kw)
@@ -126,7 +127,7 @@ def test_p2_only_when_stride_8_cannot_match_most_tiny_objects():
     assert choose(at_sizes(128, rules, 0.9, 0.2), 128, rules, HYP, max_cost=1.1, **kw).cfg is None  # over the cap
     none = choose(at_sizes(128, rules, 0.9, 0.2), 128, rules, HYP, p2_cfg=None, no_p2="there is no models/x-p2.yaml")
     assert none.cfg is None and "no models/x-p2.yaml" in none.lines()[2]
-    # the committed table has no measured P2 effect: never chosen, even when stride 8 matches nothing
+    # the committed table's P2 effect is negative: never chosen, even when stride 8 matches nothing
     default = load_tiny_rules()
     assert choose(at_sizes(128, default, 0.9, 0.0), 128, default, HYP, **kw).cfg is None
 
