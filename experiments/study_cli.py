@@ -30,8 +30,10 @@ from experiments.study_runner import (
     machine,
     plan,
     run_one,
+    seed_starts,
     sha256,
 )
+from utils.checkpoints import strip_optimizer
 from utils.cli import ArgumentParser, check_args, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,7 @@ PRETRAIN_EPOCHS = 30  # the starting checkpoint's schedule (train split only): e
 PRETRAIN_CYCLES = 2  # cycle k > 1 starts from cycle k - 1's last.pt with a fresh lr schedule (one cycle had not
 # reached a plateau on val: its last quarter still gained 20 %)
 BATCH, NBS = 16, 16  # nbs 16: an optimiser step per batch (4x YOLOv5's steps at nbs 64)
+START = "experiments/results/tiny-study-v2/start/start.pt"  # committed (see cmd_prepare)
 CONTROL_SWEEP = (1.5, 2.0, 3.0)  # positive-weight factors tried at seed 0 (the issue's real data: 1.56)
 
 
@@ -91,7 +94,7 @@ def cmd_prepare(args) -> None:
     dest = Path(args.start)
     if dest.exists():
         raise StudyError(f"{dest} exists; the starting checkpoint is trained once (move it away to retrain)")
-    project, weights = ROOT / "runs" / "tiny-study-start", ""
+    project, weights = Path(args.project), ""
     for k in range(1, args.cycles + 1):
         argv = ["--data", args.data or DATA, "--imgsz", str(args.imgsz), "--epochs", str(args.epochs),
                 "--batch-size", str(args.batch_size), "--nbs", str(args.nbs), "--seed", str(k - 1), "--workers",
@@ -99,7 +102,12 @@ def cmd_prepare(args) -> None:
         out = train.train(train.get_args_parser().parse_args(argv + (["--weights", weights] if weights else [])))
         weights = str(Path(out["save_dir"]) / "weights" / "last.pt")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights, dest)
+    # EMA weights in fp16, no optimiser (what train.py --weights loads anyway): ~4 MB, small enough to commit beside
+    # the results, so that the study can go on on another machine (a lost starting checkpoint ends its seeds)
+    strip_optimizer(weights, dest)
+    for k in range(1, args.cycles + 1):  # the learning curve of each cycle, named by the checkpoint it made
+        csv = project / f"{dest.stem}-cycle{k}" / "results.csv"
+        shutil.copyfile(csv, dest.parent / f"{sha256(dest)[:8]}-cycle{k}.csv")
     print(f"study: starting checkpoint {dest} (sha256 {sha256(dest)})")
 
 
@@ -119,6 +127,12 @@ def cmd_run(args) -> None:
     runs_root = ROOT / "runs"
     weights = str(start) if start else ""
     for s in range(args.seed_start, args.seed_start + args.seeds):
+        other = seed_starts(out, s) - {p.weights_sha256}
+        if other:  # a seed is one start: its variants are compared with each other (paired), never across starts
+            began = ", ".join(sorted(x[:12] for x in other))
+            print(f"study: seed {s} skipped: its runs started from checkpoint {began}, not --start {start} "
+                  f"({p.weights_sha256[:12]})")
+            continue
         todo = plan(variants_for_seed(chosen, s, out), [s], out, runs_root)
         _, _, failed = execute(todo, p, lambda r, q: run_one(r, q, weights), commit, mach,
                                log=lambda m: print(m, flush=True))
@@ -159,9 +173,11 @@ def get_args_parser() -> ArgumentParser:
         q.add_argument("--imgsz", type=int, default=IMGSZ, help="native input size (px)")
         q.add_argument("--batch-size", type=int, default=BATCH)
         q.add_argument("--nbs", type=int, default=NBS)
-        q.add_argument("--start", default="runs/tiny-study-v2/start.pt", help="the starting checkpoint")
+        q.add_argument("--start", default=START, help="the starting checkpoint")
     sub.choices["prepare"].add_argument("--epochs", type=int, default=PRETRAIN_EPOCHS, help="epochs per cycle")
     sub.choices["prepare"].add_argument("--cycles", type=int, default=PRETRAIN_CYCLES)
+    sub.choices["prepare"].add_argument("--project", default=str(ROOT / "runs" / "tiny-study-start"),
+                                        help="where the cycles' train.py run folders go")
     r = sub.choices["run"]
     r.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per run")
     r.add_argument("--out", required=True, help="results folder (OUT/<variant>/seed<N>.json)")

@@ -149,6 +149,11 @@ def is_done(run: PlannedRun, protocol: Protocol) -> bool:
     return True
 
 
+def seed_starts(out: Path, seed: int) -> set[str]:
+    """SHA-256 of the starting checkpoint recorded by each result of ``seed`` in ``out`` (empty: no result yet)."""
+    return {read_result(f)["protocol"].get("weights_sha256", "") for f in sorted(out.glob(f"*/seed{seed}.json"))}
+
+
 def move_aside(run_dir: Path) -> Path | None:
     """Keep an interrupted attempt's folder as '<name>.attempt<k>' so that the new run starts clean."""
     if not run_dir.exists():

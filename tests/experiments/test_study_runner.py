@@ -3,6 +3,7 @@ and failed ones, refusing results of another protocol (no training: a stand-in r
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,8 @@ from experiments.study_runner import (
     is_done,
     plan,
     read_result,
+    seed_starts,
+    sha256,
     train_argv,
 )
 
@@ -188,14 +191,37 @@ def test_prepare_chains_the_cycles_and_refuses_to_overwrite(tmp_path, monkeypatc
 
     def fake_train(opt):
         calls.append((opt.seed, opt.weights, opt.epochs, opt.noval))
-        d = tmp_path / opt.name / "weights"
-        d.mkdir(parents=True)
-        (d / "last.pt").write_bytes(opt.name.encode())
-        return {"save_dir": str(tmp_path / opt.name)}
+        d = Path(opt.project) / opt.name
+        (d / "weights").mkdir(parents=True)
+        (d / "weights" / "last.pt").write_bytes(opt.name.encode())
+        (d / "results.csv").write_text(f"epoch\n{opt.name}\n")
+        return {"save_dir": str(d)}
 
     monkeypatch.setattr(train, "train", fake_train)
-    start = tmp_path / "s" / "start.pt"
-    assert study_cli.main(["prepare", "--start", str(start), "--epochs", "3", "--cycles", "2"]) == 0
-    assert calls == [(0, "", 3, False), (1, str(tmp_path / "start-cycle1" / "weights" / "last.pt"), 3, False)]
-    assert start.read_bytes() == b"start-cycle2"
+    monkeypatch.setattr(study_cli, "strip_optimizer",
+                        lambda a, b: Path(b).write_bytes(b"stripped " + Path(a).read_bytes()))
+    start, project = tmp_path / "s" / "start.pt", tmp_path / "p"
+    argv = ["prepare", "--start", str(start), "--epochs", "3", "--cycles", "2", "--project", str(project)]
+    assert study_cli.main(argv) == 0
+    assert calls == [(0, "", 3, False), (1, str(project / "start-cycle1" / "weights" / "last.pt"), 3, False)]
+    assert start.read_bytes() == b"stripped start-cycle2"
+    tag = sha256(start)[:8]
+    assert (start.parent / f"{tag}-cycle2.csv").read_text() == "epoch\nstart-cycle2\n"
+    assert (start.parent / f"{tag}-cycle1.csv").is_file()
     assert study_cli.main(["prepare", "--start", str(start)]) == 1 and len(calls) == 2
+
+
+def test_a_seed_begun_from_another_starting_checkpoint_is_skipped(tmp_path, monkeypatch, capsys):
+    """Variants are paired within a seed: a seed whose results came from another start is never mixed."""
+    out, start = tmp_path / "s", tmp_path / "start.pt"
+    start.write_bytes(b"new start")
+    old = Protocol(**{**asdict(P), "epochs": 1, "weights_sha256": "cd" * 32})
+    execute(plan([VS[0]], [0], out, tmp_path / "runs"), old, Recorder(), "c", "m", log=lambda m: None)
+    rec = Recorder()
+    monkeypatch.setattr(study_cli, "run_one", lambda r, p, w: rec(r, p))
+    monkeypatch.setattr(study_cli, "VARIANTS", (VS[0], VS[3]))
+    argv = ["run", "--out", str(out), "--start", str(start), "--epochs", "1", "--seeds", "2"]
+    assert study_cli.main(argv) == 0
+    assert rec.calls == [("baseline", 1), ("tfl", 1)]  # seed 0 (begun from 'cdcd...') untouched
+    assert "seed 0 skipped: its runs started from checkpoint cdcdcdcdcdcd" in capsys.readouterr().out
+    assert seed_starts(out, 1) == {sha256(start)} and seed_starts(out, 0) == {"cd" * 32}
