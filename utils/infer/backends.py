@@ -205,7 +205,9 @@ class OpenVinoBackend(Backend):
         self.set_metadata(meta if isinstance(meta, dict) else {}, meta_file, "OpenVINO")
         if device.type != "cpu":
             LOGGER.warning(f"{path}: OpenVINO runs on the CPU here, not on {device}")
-        config = {"PERFORMANCE_HINT": "LATENCY"}
+        # f32: the CPU plugin otherwise runs bf16 on CPUs with AVX512-BF16 or AMX, silently off by ~1e-3 from the
+        # fp32 model that was exported (and from the same file on any other CPU)
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = openvino_core()
