@@ -92,8 +92,9 @@ def paired_ratio(fa, fb, reps: int, warmup: int = 2) -> tuple[float, float, floa
 
 
 def train_step_fn(model, loss_fn, imgs, targets, precision: Precision = FP32):
-    """One training step as train.py runs it: forward under ``precision``'s autocast, the loss in fp32."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    """One training step as train.py runs it: forward under ``precision``'s autocast, the loss in fp32. ``model``
+    may be a compiled forward (utils.compiler.CompiledForward): its ``module`` holds the parameters."""
+    opt = torch.optim.SGD(getattr(model, "module", model).parameters(), lr=1e-4, momentum=0.9)
 
     def step():
         with precision.autocast("cpu"):

@@ -45,6 +45,7 @@ PRETRAIN_CYCLES = 2  # cycle k > 1 starts from cycle k - 1's last.pt with a fres
 # reached a plateau on val: its last quarter still gained 20 %)
 BATCH, NBS = 16, 16  # nbs 16: an optimiser step per batch (4x YOLOv5's steps at nbs 64)
 START = "experiments/results/tiny-study-v2/start/start.pt"  # committed (see cmd_prepare)
+START_P2 = "experiments/results/tiny-study-v2/start/start-p2.pt"  # the P2 model's own, made the same way
 CONTROL_SWEEP = (1.5, 2.0, 3.0)  # positive-weight factors tried at seed 0 (the issue's real data: 1.56)
 
 
@@ -60,6 +61,10 @@ VARIANTS: tuple[StudyVariant, ...] = (
     StudyVariant("tfl", hyp="hyp.tfl.yaml", cost=1.05, doc="Tiny Focal Loss (k 1.6, S 32², sum)"),
     StudyVariant("paste", overrides=("small_paste=0.5",), cost=1.05, doc="small-object copy-paste (p 0.5, 2 copies)"),
     StudyVariant("p2", cfg="yolov5n-p2.yaml", cost=1.4, doc="P2 head (stride 4); backbone from the start checkpoint"),
+    # P2 trained as long as the others: its own starting checkpoint, made like the protocol's (prepare --cfg
+    # yolov5n-p2.yaml --start START_P2), so that its stride-4 head has had the same 70 epochs
+    StudyVariant("p2-own-start", cfg="yolov5n-p2.yaml", cost=1.45, start=START_P2,
+                 doc="P2 head (stride 4) from its own starting checkpoint (same schedule as the protocol's)"),
     StudyVariant("scale-1.6x", scale=1.6, cost=2.6, doc="input x 1.6: 256 px (x 1.5 is no multiple of 32)"),
     StudyVariant("scale-2x", scale=2.0, cost=4.0, doc="input x 2: 320 px"),
     # the best combination, chosen on val at seed 0: the two single methods with the highest val tiny AP50 over
@@ -99,7 +104,9 @@ def cmd_prepare(args) -> None:
         argv = ["--data", args.data or DATA, "--imgsz", str(args.imgsz), "--epochs", str(args.epochs),
                 "--batch-size", str(args.batch_size), "--nbs", str(args.nbs), "--seed", str(k - 1), "--workers",
                 "0", "--noplots", "--project", str(project), "--name", f"{dest.stem}-cycle{k}"]
-        out = train.train(train.get_args_parser().parse_args(argv + (["--weights", weights] if weights else [])))
+        # cycle 1 builds --cfg from scratch; later cycles take the model (and its anchors) from the checkpoint
+        argv += ["--weights", weights] if weights else ["--cfg", args.cfg]
+        out = train.train(train.get_args_parser().parse_args(argv))
         weights = str(Path(out["save_dir"]) / "weights" / "last.pt")
     dest.parent.mkdir(parents=True, exist_ok=True)
     # EMA weights in fp16, no optimiser (what train.py --weights loads anyway): ~4 MB, small enough to commit beside
@@ -122,6 +129,10 @@ def cmd_run(args) -> None:
     if unknown:
         raise StudyError(f"unknown variant(s) {unknown}; valid: {', '.join(names)}")
     chosen = [names[n] for n in args.variants] if args.variants else list(VARIANTS)
+    for v in [v for v in chosen if v.start and not Path(v.start).is_file()]:
+        print(f"study: {v.name} skipped: its starting checkpoint {v.start} does not exist (make it with: python "
+              f"experiments/tiny_study.py prepare --cfg {v.cfg} --start {v.start})")
+        chosen.remove(v)
     p = protocol(args, start)
     commit, mach = git_commit(), machine()
     runs_root = ROOT / "runs"
@@ -134,7 +145,7 @@ def cmd_run(args) -> None:
                   f"({p.weights_sha256[:12]})")
             continue
         todo = plan(variants_for_seed(chosen, s, out), [s], out, runs_root)
-        _, _, failed = execute(todo, p, lambda r, q: run_one(r, q, weights), commit, mach,
+        _, _, failed = execute(todo, p, lambda r, q: run_one(r, q, r.variant.start or weights), commit, mach,
                                log=lambda m: print(m, flush=True))
         if failed:
             print(f"study: {failed} run(s) of seed {s} failed; they are redone when the study is run again")
@@ -176,6 +187,7 @@ def get_args_parser() -> ArgumentParser:
         q.add_argument("--start", default=START, help="the starting checkpoint")
     sub.choices["prepare"].add_argument("--epochs", type=int, default=PRETRAIN_EPOCHS, help="epochs per cycle")
     sub.choices["prepare"].add_argument("--cycles", type=int, default=PRETRAIN_CYCLES)
+    sub.choices["prepare"].add_argument("--cfg", default="yolov5n.yaml", help="model YAML (a variant's own start)")
     sub.choices["prepare"].add_argument("--project", default=str(ROOT / "runs" / "tiny-study-start"),
                                         help="where the cycles' train.py run folders go")
     r = sub.choices["run"]

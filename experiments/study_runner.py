@@ -69,6 +69,7 @@ class StudyVariant:
     scale: float = 1.0  # input size = round_up(scale x protocol imgsz, 32) for training, val and test
     cost: float = 1.0  # expected training cost relative to the baseline (orders the runs of a seed)
     doc: str = ""
+    start: str = ""  # its own starting checkpoint ('' = the protocol's), e.g. a model whose layers differ
 
     def imgsz(self, base: int, stride: int = 32) -> int:
         """Input size (px) of this variant: ``scale x base`` rounded up to a multiple of ``stride``."""
@@ -76,8 +77,12 @@ class StudyVariant:
 
     def definition(self, p: Protocol) -> dict[str, Any]:
         """What the variant's results depend on beyond the protocol (recorded in each result file)."""
-        return {"hyp": self.hyp, "overrides": list(self.overrides), "cfg": self.cfg or p.cfg, "scale": self.scale,
-                "imgsz": self.imgsz(p.imgsz), "doc": self.doc}
+        d = {"hyp": self.hyp, "overrides": list(self.overrides), "cfg": self.cfg or p.cfg, "scale": self.scale,
+             "imgsz": self.imgsz(p.imgsz), "doc": self.doc}
+        if self.start:
+            d["start"] = self.start
+            d["start_sha256"] = sha256(Path(self.start)) if Path(self.start).is_file() else "missing"
+        return d
 
 
 @dataclass(frozen=True)

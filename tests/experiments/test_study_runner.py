@@ -225,3 +225,23 @@ def test_a_seed_begun_from_another_starting_checkpoint_is_skipped(tmp_path, monk
     assert rec.calls == [("baseline", 1), ("tfl", 1)]  # seed 0 (begun from 'cdcd...') untouched
     assert "seed 0 skipped: its runs started from checkpoint cdcdcdcdcdcd" in capsys.readouterr().out
     assert seed_starts(out, 1) == {sha256(start)} and seed_starts(out, 0) == {"cd" * 32}
+
+
+def test_a_variant_with_its_own_start_trains_from_it_and_waits_for_it(tmp_path, monkeypatch, capsys):
+    out, start, own = tmp_path / "s", tmp_path / "start.pt", tmp_path / "own.pt"
+    start.write_bytes(b"protocol start")
+    v = StudyVariant("p2-own", cfg="p2.yaml", start=str(own))
+    weights_used = []
+    monkeypatch.setattr(study_cli, "run_one", lambda r, p, w: weights_used.append(w) or fake_outcome(0.2))
+    monkeypatch.setattr(study_cli, "VARIANTS", (VS[0], v))
+    argv = ["run", "--out", str(out), "--start", str(start), "--epochs", "1", "--seeds", "1"]
+    assert study_cli.main(argv) == 0
+    assert weights_used == [str(start)]  # only the baseline: the variant's own start does not exist yet
+    assert f"p2-own skipped: its starting checkpoint {own} does not exist" in capsys.readouterr().out
+    own.write_bytes(b"own start")
+    assert study_cli.main(argv) == 0
+    assert weights_used == [str(start), str(own)]
+    d = read_result(out / "p2-own" / "seed0.json")["definition"]
+    assert d["start"] == str(own) and d["start_sha256"] == sha256(own)
+    own.write_bytes(b"another own start")  # the definition changed: the old result is never silently reused
+    assert study_cli.main(argv) == 1 and "different definition" in capsys.readouterr().err
