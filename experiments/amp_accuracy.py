@@ -1,19 +1,26 @@
-"""Does bf16 mixed precision cost accuracy? ``train.py`` in fp32 (``--amp off``) and in bf16, paired over seeds.
+"""Does a speed option cost accuracy? ``train.py`` twice per seed, once plain and once with the option, paired.
+
+Two comparisons (``--compare``):
+- ``bf16``: fp32 (``--amp off``) against bf16 mixed precision (``--amp on``). On a CPU without AVX512-BF16/AMX,
+  ``--amp on`` trains in fp32 (oneDNN only emulates bf16 there, ~7-9x slower); bf16 is forced anyway
+  (``--force-bf16``, default on) by answering the capability check with True in the training subprocess, so the
+  numerics can be judged on any machine.
+- ``compile``: eager against ``--compile`` (inductor), both fp32. Afterwards the eager run's last.pt is validated
+  by val.py eager and compiled (the too-few-images rule switched off), which must agree to 3 decimals.
 
 Each seed trains twice with the same arguments (so the same data order and augmentation) and differs only in the
-precision of the forward pass; the report gives mAP@.5 / mAP@.5:.95 (overall and tiny) per seed, the mean paired
-difference bf16 - fp32 with its 95% t interval and the paired t-test p-value.
-
-On a CPU without AVX512-BF16/AMX, ``--amp on`` trains in fp32 (oneDNN only emulates bf16 there, ~7-9x slower);
-this script forces bf16 anyway (``--force-bf16``, default on) by answering the capability check with True in the
-training subprocess, so the numerics can be judged on any machine. Extra arguments go to train.py unchanged.
+option; the report gives mAP@.5 / mAP@.5:.95 (overall and tiny) per seed, each epoch's training loss (box + obj +
+cls from results.csv), the mean paired difference option - plain with its 95% t interval and the paired t-test
+p-value. A finished run (its metrics.json exists) is not trained again. Extra arguments go to train.py unchanged.
 
     python experiments/amp_accuracy.py --out runs/amp-accuracy --seeds 3 [-- --epochs 10 --weights best.pt]
+    python experiments/amp_accuracy.py --compare compile --out runs/compile-accuracy --seeds 3 -- --epochs 2
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import subprocess
@@ -34,56 +41,96 @@ from experiments.tiny_report import ci95  # noqa: E402
 CHILD = ("import sys; sys.path.insert(0, {root!r}); import train; "
          "train.cpu_bf16_supported = (lambda: True) if sys.argv[1] == '1' else train.cpu_bf16_supported; "
          "sys.exit(train.main(sys.argv[2:]))")
+# The validation subprocess: val.main with the too-few-images rule of --compile off (a val split is small).
+VAL_CHILD = ("import sys; sys.path.insert(0, {root!r}); import utils.compiler, val; utils.compiler.MIN_IMAGES = 0; "
+             "sys.exit(val.main(sys.argv[1:]))")
 METRICS = (("mAP50", "metrics/mAP_0.5"), ("mAP50-95", "metrics/mAP_0.5:0.95"))
+LOSSES = ("train/box_loss", "train/obj_loss", "train/cls_loss")
+# --compare: (plain, option) names and each one's train.py arguments
+COMPARISONS = {"bf16": (("fp32", ["--amp", "off"]), ("bf16", ["--amp", "on"])),
+               "compile": (("eager", ["--amp", "off"]), ("compiled", ["--amp", "off", "--compile"]))}
 
 
-def run_one(out: Path, precision: str, seed: int, train_args: list[str], force_bf16: bool) -> Path:
-    """Train one (precision, seed) run into ``out/<precision>/seed<seed>`` unless finished; returns the folder."""
-    run = out / precision / f"seed{seed}"
+def run_one(out: Path, name: str, mode_args: list[str], seed: int, train_args: list[str], force_bf16: bool) -> Path:
+    """Train one (mode, seed) run into ``out/<name>/seed<seed>`` unless finished; returns the folder."""
+    run = out / name / f"seed{seed}"
     if (run / "metrics.json").is_file():
         return run
-    amp = "off" if precision == "fp32" else "on"
-    argv = ["--amp", amp, "--seed", str(seed), "--project", str(out / precision), "--name", f"seed{seed}",
-            "--exist-ok", "--noplots", *train_args]
-    child = CHILD.format(root=str(ROOT))
+    argv = [*mode_args, "--seed", str(seed), "--project", str(out / name), "--name", f"seed{seed}", "--exist-ok",
+            "--noplots", *train_args]
     t = time.time()
-    subprocess.run([sys.executable, "-c", child, "1" if force_bf16 and amp == "on" else "0", *argv], check=True)
-    print(f"{precision} seed {seed}: {time.time() - t:.0f} s", flush=True)
+    force = force_bf16 and "on" in mode_args
+    subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT)), "1" if force else "0", *argv], check=True)
+    print(f"{name} seed {seed}: {time.time() - t:.0f} s", flush=True)
     return run
 
 
 def values(run: Path) -> dict[str, float]:
-    """mAP@.5 and mAP@.5:.95, overall and in the tiny bucket, of a finished run's final validation."""
+    """mAP@.5 and mAP@.5:.95, overall and in the tiny bucket, of a finished run's final validation, and each
+    epoch's training loss (``loss e<k>``: box + obj + cls, as results.csv logs them)."""
     m = json.loads((run / "metrics.json").read_text())
-    out = {name: float(m[key]) for name, key in METRICS}
+    out: dict[str, float] = {name: float(m[key]) for name, key in METRICS}
     tiny = (m.get("size_buckets") or {}).get("tiny") or {}
     out.update({f"tiny {name}": float(tiny.get(k, math.nan)) for name, k in (("mAP50", "map50"),
                                                                               ("mAP50-95", "map50_95"))})
-    out["precision"] = yaml.safe_load((run / "opt.yaml").read_text()).get("precision", "?")  # what really ran
+    with open(run / "results.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            row = {k.strip(): v for k, v in row.items()}
+            out[f"loss e{int(float(row['epoch']))}"] = sum(float(row[k]) for k in LOSSES)
+    opt = yaml.safe_load((run / "opt.yaml").read_text())
+    out["ran"] = f"{opt.get('precision', '?')}{' compiled' if opt.get('compile') else ''}"  # what really ran
     return out
 
 
-def report(rows: dict[str, dict[int, dict[str, float]]]) -> str:
-    """Markdown: per-seed values and the paired bf16 - fp32 differences (x100, points)."""
+def val_twice(weights: Path, out: Path, val_args: list[str]) -> dict[str, dict[str, float]]:
+    """val.py's metrics of ``weights`` eager and with --compile: {'eager': {...}, 'compiled': {...}}."""
+    res = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        d = out / "val" / name
+        if not (d / "metrics.json").is_file():
+            argv = ["--weights", str(weights), "--project", str(out / "val"), "--name", name, "--exist-ok",
+                    "--workers", "0", *val_args, *extra]
+            subprocess.run([sys.executable, "-c", VAL_CHILD.format(root=str(ROOT)), *argv], check=True)
+        m = json.loads((d / "metrics.json").read_text())
+        res[name] = {k: float(m[k]) for k in ("metrics/precision", "metrics/recall", *dict(METRICS).values())}
+    return res
+
+
+def report(rows: dict[str, dict[int, dict[str, float]]], names: tuple[str, str]) -> str:
+    """Markdown: per-seed values and the paired differences option - plain (metrics x100 in points; losses as
+    logged)."""
     from scipy.stats import ttest_rel
 
-    seeds = sorted(set(rows.get("fp32", {})) & set(rows.get("bf16", {})))
-    names = [k for k in rows["fp32"][seeds[0]] if k != "precision"] if seeds else []
-    ran = {p: sorted({str(rows[p][s]["precision"]) for s in seeds}) for p in ("fp32", "bf16")}
-    lines = ["| seed | " + " | ".join(f"{n} fp32 | {n} bf16" for n in names) + " |",
-             "| --- |" + " ---: |" * (2 * len(names))]
+    a_name, b_name = names
+    seeds = sorted(set(rows.get(a_name, {})) & set(rows.get(b_name, {})))
+    if not seeds:
+        return "no seed finished in both modes\n"
+    keys = [k for k in rows[a_name][seeds[0]] if k != "ran" and all(k in rows[p][s] for p in names for s in seeds)]
+    scale = {k: 1.0 if k.startswith("loss") else 100.0 for k in keys}
+    lines = ["| seed | " + " | ".join(f"{k} {a_name} | {k} {b_name}" for k in keys) + " |",
+             "| --- |" + " ---: |" * (2 * len(keys))]
     for s in seeds:
-        cells = [f"{100 * rows[p][s][n]:.2f}" for n in names for p in ("fp32", "bf16")]
+        cells = [f"{scale[k] * rows[p][s][k]:.4g}" for k in keys for p in names]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    lines += ["", "| metric (points) | mean fp32 | mean bf16 | bf16 - fp32 (95% CI) | paired p |",
+    lines += ["", f"| value | mean {a_name} | mean {b_name} | {b_name} - {a_name} (95% CI) | paired p |",
               "| --- | ---: | ---: | --- | ---: |"]
-    for n in names:
-        a = np.array([rows["fp32"][s][n] for s in seeds]) * 100
-        b = np.array([rows["bf16"][s][n] for s in seeds]) * 100
+    for k in keys:
+        a = np.array([rows[a_name][s][k] for s in seeds]) * scale[k]
+        b = np.array([rows[b_name][s][k] for s in seeds]) * scale[k]
         d, half = ci95(b - a)
         p = float(ttest_rel(b, a).pvalue) if len(seeds) > 1 and np.var(b - a) > 0 else math.nan
-        lines.append(f"| {n} | {a.mean():.2f} | {b.mean():.2f} | {d:+.2f} ± {half:.2f} | {p:.2f} |")
-    lines.append(f"\nPrecisions recorded in opt.yaml: fp32 runs {ran['fp32']}, bf16 runs {ran['bf16']}.")
+        lines.append(f"| {k} | {a.mean():.4g} | {b.mean():.4g} | {d:+.3g} ± {half:.2g} | {p:.2f} |")
+    ran = {p: sorted({str(rows[p][s]["ran"]) for s in seeds}) for p in names}
+    lines.append(f"\nWhat ran (opt.yaml): {a_name} runs {ran[a_name]}, {b_name} runs {ran[b_name]}.")
+    return "\n".join(lines) + "\n"
+
+
+def val_report(res: dict[str, dict[str, float]]) -> str:
+    """Markdown: val.py eager vs compiled on the same weights, and whether they agree to 3 decimals."""
+    lines = ["| metric | eager | compiled | equal to 3 decimals |", "| --- | ---: | ---: | --- |"]
+    for k in res["eager"]:
+        e, c = res["eager"][k], res["compiled"][k]
+        lines.append(f"| {k} | {e:.5f} | {c:.5f} | {'yes' if round(e, 3) == round(c, 3) else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -91,17 +138,26 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     own, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "amp-accuracy")
+    p.add_argument("--compare", choices=sorted(COMPARISONS), default="bf16")
+    p.add_argument("--out", type=Path, default=None, help="default runs/amp-accuracy or runs/compile-accuracy")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--no-force-bf16", dest="force_bf16", action="store_false",
                    help="use --amp on as is (fp32 on CPUs without native bf16)")
     args = p.parse_args(own)
-    rows: dict[str, dict[int, dict[str, float]]] = {"fp32": {}, "bf16": {}}
+    out = args.out or ROOT / "runs" / ("amp-accuracy" if args.compare == "bf16" else "compile-accuracy")
+    modes = COMPARISONS[args.compare]
+    rows: dict[str, dict[int, dict[str, float]]] = {name: {} for name, _ in modes}
     for seed in range(args.seeds):
-        for precision in ("fp32", "bf16"):
-            rows[precision][seed] = values(run_one(args.out, precision, seed, train_args, args.force_bf16))
-    text = report(rows)
-    (args.out / "report.md").write_text(text)
+        for name, mode_args in modes:
+            rows[name][seed] = values(run_one(out, name, mode_args, seed, train_args, args.force_bf16))
+    text = report(rows, (modes[0][0], modes[1][0]))
+    if args.compare == "compile":
+        run = out / modes[0][0] / "seed0"
+        opt = yaml.safe_load((run / "opt.yaml").read_text())
+        val_args = ["--data", str(opt["data"]), "--imgsz", str(opt["imgsz"])]
+        text += "\nval.py on the eager seed-0 run's last.pt:\n\n" + val_report(
+            val_twice(run / "weights" / "last.pt", out, val_args))
+    (out / "report.md").write_text(text)
     print(text)
     return 0
 
