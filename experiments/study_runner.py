@@ -154,6 +154,19 @@ def is_done(run: PlannedRun, protocol: Protocol) -> bool:
     return True
 
 
+def ran_precision(run_dir: Path) -> str:
+    """The precision a finished train.py run really used ('fp32' | 'bf16' | ...), from its opt.yaml."""
+    import yaml
+
+    return str(yaml.safe_load((run_dir / "opt.yaml").read_text(encoding="utf-8")).get("precision", "fp32"))
+
+
+def seed_precisions(out: Path, seed: int) -> set[str]:
+    """Training precision recorded by each result of ``seed`` in ``out``. Results without the field were trained
+    before it was recorded, on a CPU without native bf16, where train.py's default is fp32."""
+    return {read_result(f).get("precision", "fp32") for f in sorted(out.glob(f"*/seed{seed}.json"))}
+
+
 def seed_starts(out: Path, seed: int) -> set[str]:
     """SHA-256 of the starting checkpoint recorded by each result of ``seed`` in ``out`` (empty: no result yet)."""
     return {read_result(f)["protocol"].get("weights_sha256", "") for f in sorted(out.glob(f"*/seed{seed}.json"))}
@@ -221,8 +234,9 @@ def execute(runs: list[PlannedRun], protocol: Protocol, run_fn: RunFn, commit: s
 # ----------------------------------------------------------------------------------------------------------------
 # One real run: train.py, then val.py on the test split, then an inference timing
 # ----------------------------------------------------------------------------------------------------------------
-def train_argv(r: PlannedRun, p: Protocol, weights: str = "") -> list[str]:
-    """train.py arguments of one run (no plots); ``weights``: the starting checkpoint."""
+def train_argv(r: PlannedRun, p: Protocol, weights: str = "", precision: str = "fp32") -> list[str]:
+    """train.py arguments of one run (no plots); ``weights``: the starting checkpoint; ``precision``: 'fp32' or
+    'bf16' (the forward under bf16 autocast: ``--amp on``, a CPU with native bf16)."""
     from utils.config.hyp import HYP_DIR
 
     v = r.variant
@@ -232,6 +246,7 @@ def train_argv(r: PlannedRun, p: Protocol, weights: str = "") -> list[str]:
             "--noplots", "--exist-ok"]
     argv += [] if p.val_every_epoch else ["--noval"]
     argv += ["--weights", weights] if weights else []
+    argv += ["--amp", "on" if precision == "bf16" else "off"]
     return argv + (["--hyp-set", *v.overrides] if v.overrides else [])
 
 
@@ -283,7 +298,7 @@ def curve_point(epoch: int, m: dict[str, Any], seconds: float) -> dict[str, Any]
             "s": seconds}
 
 
-def run_one(r: PlannedRun, p: Protocol, weights: str = "") -> RunOutcome:
+def run_one(r: PlannedRun, p: Protocol, weights: str = "", precision: str = "fp32") -> RunOutcome:
     """Train one run (from ``weights`` when given), evaluate its last.pt on the test split (both bucket schemes)
     and time its inference. Training seconds per epoch: the median epoch (its validation included)."""
     import train
@@ -299,7 +314,7 @@ def run_one(r: PlannedRun, p: Protocol, weights: str = "") -> RunOutcome:
         last = now
         return False
 
-    final = train.train(train.get_args_parser().parse_args(train_argv(r, p, weights)), on_val=on_val)
+    final = train.train(train.get_args_parser().parse_args(train_argv(r, p, weights, precision)), on_val=on_val)
     train_s = time.perf_counter() - t0
     weights_out = final_weights(r.run_dir)
     imgsz = r.variant.imgsz(p.imgsz)
@@ -316,7 +331,7 @@ def run_one(r: PlannedRun, p: Protocol, weights: str = "") -> RunOutcome:
     val_summary = summarise_metrics({k: v for k, v in final.items() if k != "save_dir"})
     per_epoch = sorted(c["s"] for c in curve[1:]) or [train_s / p.epochs]  # the first epoch also holds the setup
     return RunOutcome(test, val_summary, train_s, per_epoch[len(per_epoch) // 2], time_inference(weights_out, imgsz),
-                      {"curve": curve})
+                      {"curve": curve, "precision": ran_precision(r.run_dir)})
 
 
 def machine() -> str:

@@ -218,7 +218,7 @@ def test_a_seed_begun_from_another_starting_checkpoint_is_skipped(tmp_path, monk
     old = Protocol(**{**asdict(P), "epochs": 1, "weights_sha256": "cd" * 32})
     execute(plan([VS[0]], [0], out, tmp_path / "runs"), old, Recorder(), "c", "m", log=lambda m: None)
     rec = Recorder()
-    monkeypatch.setattr(study_cli, "run_one", lambda r, p, w: rec(r, p))
+    monkeypatch.setattr(study_cli, "run_one", lambda r, p, w, prec: rec(r, p))
     monkeypatch.setattr(study_cli, "VARIANTS", (VS[0], VS[3]))
     argv = ["run", "--out", str(out), "--start", str(start), "--epochs", "1", "--seeds", "2"]
     assert study_cli.main(argv) == 0
@@ -232,7 +232,7 @@ def test_a_variant_with_its_own_start_trains_from_it_and_waits_for_it(tmp_path, 
     start.write_bytes(b"protocol start")
     v = StudyVariant("p2-own", cfg="p2.yaml", start=str(own))
     weights_used = []
-    monkeypatch.setattr(study_cli, "run_one", lambda r, p, w: weights_used.append(w) or fake_outcome(0.2))
+    monkeypatch.setattr(study_cli, "run_one", lambda r, p, w, prec: weights_used.append(w) or fake_outcome(0.2))
     monkeypatch.setattr(study_cli, "VARIANTS", (VS[0], v))
     argv = ["run", "--out", str(out), "--start", str(start), "--epochs", "1", "--seeds", "1"]
     assert study_cli.main(argv) == 0
@@ -245,3 +245,41 @@ def test_a_variant_with_its_own_start_trains_from_it_and_waits_for_it(tmp_path, 
     assert d["start"] == str(own) and d["start_sha256"] == sha256(own)
     own.write_bytes(b"another own start")  # the definition changed: the old result is never silently reused
     assert study_cli.main(argv) == 1 and "different definition" in capsys.readouterr().err
+
+
+def test_a_seed_is_one_precision(tmp_path, monkeypatch, capsys):
+    """Old results (no field) count as fp32; a new seed takes bf16 only where the CPU has it natively; a bf16 seed
+    is skipped on a CPU without it; a seed with both is refused."""
+    out, start = tmp_path / "s", tmp_path / "start.pt"
+    start.write_bytes(b"start")
+    p = Protocol(**{**asdict(P), "epochs": 1, "weights_sha256": sha256(start)})
+    execute(plan([VS[0]], [0], out, tmp_path / "runs"), p, Recorder(), "c", "m", log=lambda m: None)  # no field
+    used = []
+
+    def fake(r, q, w, prec):
+        used.append((r.variant.name, r.seed, prec))
+        o = fake_outcome(0.2)
+        o.extra["precision"] = prec
+        return o
+
+    monkeypatch.setattr(study_cli, "run_one", fake)
+    monkeypatch.setattr(study_cli, "VARIANTS", (VS[0], VS[3]))
+    monkeypatch.setattr(study_cli, "cpu_bf16_supported", lambda: True)
+    argv = ["run", "--out", str(out), "--start", str(start), "--epochs", "1", "--seeds", "2"]
+    assert study_cli.main(argv) == 0
+    assert used == [("tfl", 0, "fp32"), ("baseline", 1, "bf16"), ("tfl", 1, "bf16")]
+    assert study_cli.seed_precision(out, 0, True) == "fp32" and study_cli.seed_precision(out, 1, False) is None
+    assert study_cli.seed_precision(out, 2, False) == "fp32"
+    (out / "tfl" / "seed1.json").unlink()
+    monkeypatch.setattr(study_cli, "cpu_bf16_supported", lambda: False)
+    assert study_cli.main(argv) == 0 and len(used) == 3  # seed 1 (bf16) is not continued in emulated bf16
+    assert "seed 1 skipped: its runs trained in bf16" in capsys.readouterr().out
+    f = out / "baseline" / "seed0.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "precision": "bf16"}))
+    assert study_cli.main(argv) == 1 and "seed 0 has runs in bf16 and fp32" in capsys.readouterr().err
+
+
+def test_train_argv_fixes_the_precision(tmp_path):
+    r = plan([VS[0]], [0], tmp_path / "s", tmp_path / "runs")[0]
+    a, b = train_argv(r, P, "w.pt"), train_argv(r, P, "w.pt", "bf16")
+    assert a[a.index("--amp") + 1] == "off" and b[b.index("--amp") + 1] == "on"
