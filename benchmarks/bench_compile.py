@@ -14,7 +14,7 @@ load average. The compile time of each compiled graph is printed: run the script
 runs them natively (AVX512-BF16/AMX, VNNI): elsewhere they are emulated and slower, and are not timed.
 Timings alternate ours / reference in pairs so machine noise hits both alike; medians are reported.
 
-    python benchmarks/bench_compile.py [--reps 10] [--threads 1] [--skip-train] [--e2e]
+    python benchmarks/bench_compile.py [--reps 10] [--threads 1] [--skip-train] [--e2e] [--profile]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from benchmarks.bench_core import build_pair, make_targets, paired_ratio, train_
 from utils.compiler import compile_cache_dir, compiled_forward  # noqa: E402
 from utils.loss.compute_loss import ComputeLoss  # noqa: E402
 from utils.ops.nms import non_max_suppression  # noqa: E402
-from utils.train.precision import cpu_bf16_supported  # noqa: E402
+from utils.train.precision import BF16, cpu_bf16_supported  # noqa: E402
 
 FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "BF16", "avx512_vnni": "VNNI", "avx_vnni": "VNNI",
             "amx_tile": "AMX"}
@@ -51,7 +51,7 @@ def cpu_label() -> str:
     return f"{fields.get('Model name', '?').strip()} ({' '.join(have) or 'no AVX2'})"
 
 
-def eval_section(o, ours, ref, size: int, reps: int) -> None:
+def eval_section(o, ours, ref, size: int, reps: int, profile: bool = False) -> None:
     ours, ref = ours.fuse().eval(), ref.fuse().eval()
     ours.to(memory_format=torch.channels_last)
     im = torch.rand(1, 3, size, size)
@@ -76,9 +76,30 @@ def eval_section(o, ours, ref, size: int, reps: int) -> None:
     c, r, ratio = paired_ratio(run(fwd, non_max_suppression, im_cl), ref_fn, reps)
     print(f"eval + NMS  yolov5n bs1 {size}px compiled : ours {c * 1e3:8.1f} ms   ref {r * 1e3:8.1f} ms   "
           f"ratio {ratio:.3f} (target <= 0.55)")
+    if profile:
+        profile_shares(run(fwd, non_max_suppression, im_cl), "eval + NMS compiled")
 
 
-def train_section(o, ours, ref, hyp, size: int, reps: int) -> None:
+def profile_shares(fn, label: str, steps: int = 3) -> None:
+    """Where the time of ``fn`` goes (torch.profiler, ``steps`` calls after one warm-up): the share of convolutions
+    (forward and backward, oneDNN or ATen), of inductor's generated kernels, and the top operators by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+    rows = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(t for _, t in rows) or 1.0
+    conv = sum(t for k, t in rows if "conv" in k.lower())
+    gen = sum(t for k, t in rows if k.startswith(("cpp_fused", "Torch-Compiled Region", "CompiledFunction")))
+    print(f"profile {label}: convolutions {100 * conv / total:.0f} % of the self time, inductor's generated code "
+          f"{100 * gen / total:.0f} %; top operators:")
+    for k, t in sorted(rows, key=lambda r: -r[1])[:8]:
+        print(f"    {100 * t / total:5.1f} %  {k[:90]}")
+
+
+def train_section(o, ours, ref, hyp, size: int, reps: int, profile: bool = False) -> None:
     imgs, targets = torch.rand(8, 3, size, size), make_targets(8)
     ours.to(memory_format=torch.channels_last).train(), ref.train()
     imgs_cl = imgs.contiguous(memory_format=torch.channels_last)
@@ -95,6 +116,21 @@ def train_section(o, ours, ref, hyp, size: int, reps: int) -> None:
     c, r, ratio = paired_ratio(compiled_step, ref_step, reps)
     print(f"train step  yolov5n bs8 {size}px compiled : ours {c * 1e3:8.1f} ms   ref {r * 1e3:8.1f} ms   "
           f"ratio {ratio:.3f} (target <= 0.70)")
+    if profile:
+        profile_shares(compiled_step, "train step compiled")
+    if not cpu_bf16_supported():
+        return
+    # train.py --amp auto on this CPU: bf16 autocast forward, fp32 loss (the reference stays fp32: YOLOv5 has no
+    # CPU AMP)
+    bf16_eager = train_step_fn(ours, loss, imgs_cl, targets, BF16)
+    bf16_compiled = train_step_fn(fwd, loss, imgs_cl, targets, BF16)
+    t = time.perf_counter()
+    bf16_compiled()
+    print(f"train compile bf16: {time.perf_counter() - t:.1f} s wall")
+    for label, step in (("bf16 eager   ", bf16_eager), ("bf16 compiled", bf16_compiled)):
+        c, r, ratio = paired_ratio(step, ref_step, reps)
+        print(f"train step  yolov5n bs8 {size}px {label}: ours {c * 1e3:8.1f} ms   ref {r * 1e3:8.1f} ms   "
+              f"ratio {ratio:.3f}")
 
 
 def e2e_section(size: int, n_images: int) -> None:
@@ -134,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--e2e", action="store_true")
+    p.add_argument("--profile", action="store_true", help="profile the compiled eval and train step (time shares)")
     p.add_argument("--e2e-images", type=int, default=64)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -144,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
               "(pays only with VNNI)")
     if not a.skip_eval:
         o, hyp, ours, ref = build_pair()
-        eval_section(o, ours, ref, a.eval_size, a.reps)
+        eval_section(o, ours, ref, a.eval_size, a.reps, a.profile)
     if not a.skip_train:
         o, hyp, ours, ref = build_pair()
-        train_section(o, ours, ref, hyp, a.train_size, a.reps)
+        train_section(o, ours, ref, hyp, a.train_size, a.reps, a.profile)
     if a.e2e:
         e2e_section(a.eval_size, a.e2e_images)
     return 0
