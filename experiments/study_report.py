@@ -83,6 +83,18 @@ def load_results(out: Path) -> tuple[Runs, dict[str, dict[str, Any]]]:
     return runs, defs
 
 
+def seed_groups(out: Path) -> str:
+    """'start/precision: seeds' for the seeds of ``out`` (a seed is one starting checkpoint and one precision;
+    results without a recorded precision trained in fp32)."""
+    groups: dict[str, set[int]] = {}
+    for f in sorted(out.glob("*/seed*.json")):
+        r = read_result(f)
+        key = f"{(r['protocol'].get('weights_sha256') or 'scratch')[:8]}/{r.get('precision', 'fp32')}"
+        groups.setdefault(key, set()).add(int(r["seed"]))
+    return "; ".join(f"{k}: seeds {', '.join(map(str, sorted(v)))}" for k, v in sorted(groups.items(),
+                                                                                   key=lambda kv: min(kv[1])))
+
+
 def control_factor(name: str) -> float:
     """'posw-x2.5' -> 2.5; NaN for other names."""
     if not name.startswith(CONTROL_PREFIX):
@@ -249,7 +261,8 @@ def report(out: Path, md: Path | None = None, plot: Path | None = None) -> str:
     costs = read_costs(out)
     lines = [f"Study `{out.name}`: {sum(len(v) for v in runs.values())} finished runs. Test split, values x 100: "
              "mean ± 95% CI over seeds; Δ: paired difference ± 95% CI (p, pairs). Control: the positive-weight "
-             f"control with the best val tiny AP50 (seed 0). Costs (ratio to the baseline): {costs_source(costs)}.",
+             f"control with the best val tiny AP50 (seed 0). Costs (ratio to the baseline): {costs_source(costs)}. "
+             f"Starting checkpoint (SHA-256 prefix) and training precision: {seed_groups(out)}.",
              "", *table(runs, defs, costs)]
     if plot:
         front = pareto_plot(runs, plot, costs)

@@ -283,3 +283,16 @@ def test_train_argv_fixes_the_precision(tmp_path):
     r = plan([VS[0]], [0], tmp_path / "s", tmp_path / "runs")[0]
     a, b = train_argv(r, P, "w.pt"), train_argv(r, P, "w.pt", "bf16")
     assert a[a.index("--amp") + 1] == "off" and b[b.index("--amp") + 1] == "on"
+
+
+def test_report_names_each_seeds_start_and_precision(tmp_path):
+    from experiments.study_report import seed_groups
+
+    out = tmp_path / "s"
+    execute(plan([VS[0]], [0, 2], out, tmp_path / "runs"), P, Recorder(), "c", "m", log=lambda m: None)
+    other = Protocol(**{**asdict(P), "weights_sha256": "cd" * 32})
+    execute(plan([VS[0]], [1], out, tmp_path / "runs"), other, lambda r, p: fake_outcome(0.1), "c", "m",
+            log=lambda m: None)
+    f = out / "baseline" / "seed1.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "precision": "bf16"}))
+    assert seed_groups(out) == "abababab/fp32: seeds 0, 2; cdcdcdcd/bf16: seeds 1"
