@@ -143,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--no-force-bf16", dest="force_bf16", action="store_false",
                    help="use --amp on as is (fp32 on CPUs without native bf16)")
+    p.add_argument("--val-weights", type=Path, default=None,
+                   help="compile: the weights val.py checks eager vs compiled (default: the eager seed-0 run's)")
+    p.add_argument("--val-data", default="", help="compile: their data YAML (default: the runs')")
+    p.add_argument("--val-imgsz", type=int, default=0, help="compile: their size (default: the runs')")
     args = p.parse_args(own)
     out = args.out or ROOT / "runs" / ("amp-accuracy" if args.compare == "bf16" else "compile-accuracy")
     modes = COMPARISONS[args.compare]
@@ -154,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare == "compile":
         run = out / modes[0][0] / "seed0"
         opt = yaml.safe_load((run / "opt.yaml").read_text())
-        val_args = ["--data", str(opt["data"]), "--imgsz", str(opt["imgsz"])]
-        text += "\nval.py on the eager seed-0 run's last.pt:\n\n" + val_report(
-            val_twice(run / "weights" / "last.pt", out, val_args))
+        weights = args.val_weights or run / "weights" / "last.pt"
+        val_args = ["--data", args.val_data or str(opt["data"]), "--imgsz", str(args.val_imgsz or opt["imgsz"])]
+        text += f"\nval.py on {weights} ({' '.join(val_args)}):\n\n" + val_report(val_twice(weights, out, val_args))
     (out / "report.md").write_text(text)
     print(text)
     return 0
