@@ -92,7 +92,7 @@ def profile_shares(fn, label: str, steps: int = 3) -> None:
     rows = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
     total = sum(t for _, t in rows) or 1.0
     conv = sum(t for k, t in rows if "conv" in k.lower())
-    gen = sum(t for k, t in rows if k.startswith(("cpp_fused", "Torch-Compiled Region", "CompiledFunction")))
+    gen = sum(t for k, t in rows if k.startswith(("cpp_fused", "## Call CompiledFxGraph", "CompiledFunction")))
     print(f"profile {label}: convolutions {100 * conv / total:.0f} % of the self time, inductor's generated code "
           f"{100 * gen / total:.0f} %; top operators:")
     for k, t in sorted(rows, key=lambda r: -r[1])[:8]:
