@@ -21,7 +21,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,16 +38,34 @@ BASE = "iou:0.6"  # YOLOv5's NMS: the reference every setting is paired against
 KEYS = (("tiny/map50", "tiny AP50"), ("tiny/r", "tiny R"), ("big/map50", "big AP50"), ("all/map50", "AP50"))
 
 
-def parse_config(text: str) -> tuple[str, float]:
-    """``iou:0.6`` / ``nwd:0.8`` -> (method, threshold); StudyError on anything else."""
-    method, _, thres = text.partition(":")
+class Setting(NamedTuple):
+    """One evaluation setting: how the image is fed and how boxes are merged."""
+
+    kind: str  # 'model': the whole image at the model's input size; 'native': the whole image at its own size x
+    # the model's scale; 'tile': that native image cut into tiles of the model's input size (val.py --slice)
+    nms: str  # NMS method (iou | nwd); tiles: inside each tile
+    thres: float  # NMS threshold
+    merge: str = ""  # tiles: nms | nmm | greedy-nmm across tiles
+    match: str = ""  # tiles: iou | ios | nwd
+
+
+def parse_config(text: str) -> Setting:
+    """``iou:0.6`` / ``nwd:0.8`` (whole image at the model's size), ``native:iou:0.6`` (whole image at its own size),
+    ``tile:MERGE:MATCH:T`` (tiles, IoU-NMS 0.6 inside each, MERGE on MATCH at T across tiles); StudyError otherwise."""
+    parts = text.split(":")
     try:
-        t = float(thres)
+        t = float(parts[-1])
     except ValueError:
         t = math.nan
-    if method not in ("iou", "nwd") or not 0 < t < 1:
-        raise StudyError(f"--configs {text!r}: expected iou:T or nwd:T with 0 < T < 1")
-    return method, t
+    if len(parts) == 2 and parts[0] in ("iou", "nwd") and 0 < t < 1:
+        return Setting("model", parts[0], t)
+    if len(parts) == 3 and parts[0] == "native" and parts[1] in ("iou", "nwd") and 0 < t < 1:
+        return Setting("native", parts[1], t)
+    if (len(parts) == 4 and parts[0] == "tile" and parts[1] in ("nms", "nmm", "greedy-nmm")
+            and parts[2] in ("iou", "ios", "nwd") and 0 < t < 1):
+        return Setting("tile", "iou", 0.6, parts[1], parts[2])
+    raise StudyError(f"--configs {text!r}: expected iou:T, nwd:T, native:iou:T, native:nwd:T or "
+                     "tile:{nms,nmm,greedy-nmm}:{iou,ios,nwd}:T with 0 < T < 1")
 
 
 def models(results: Path, runs_root: Path) -> list[tuple[str, int, int, Path]]:
@@ -63,14 +81,21 @@ def models(results: Path, runs_root: Path) -> list[tuple[str, int, int, Path]]:
     return out
 
 
-def evaluate(data: str, weights: Path, imgsz: int, split: str, config: str) -> dict[str, Any]:
-    """val.py on ``split`` with the NMS ``config``: overall and size-bucket (tiny/big at 32² px) metrics."""
+def evaluate(data: str, weights: Path, imgsz: int, split: str, config: str, native: int = 0) -> dict[str, Any]:
+    """val.py on ``split`` with the setting ``config``: overall and size-bucket (tiny/big at 32² px) metrics.
+    ``imgsz``: the model's input size; ``native``: the data's image side x the model's scale (native and tile
+    settings: the image is read at this size, and tiles are ``imgsz`` wide)."""
     import val
 
-    method, thres = parse_config(config)
-    m = val.run(data, weights=str(weights), batch_size=32, imgsz=imgsz, task=split, iou_thres=thres, nms=method,
-                workers=0, plots=False, save_dir=None, size_buckets_spec="tiny", tfl_s=1024.0,
-                project=Path("runs") / "nms-study", name="eval", exist_ok=True)
+    st = parse_config(config)
+    if st.kind != "model" and native <= 0:
+        raise StudyError(f"--configs {config}: needs --native (the data's image side in px)")
+    size = imgsz if st.kind == "model" else native
+    tile = {"slice_size": imgsz, "slice_merge": st.merge, "slice_match": st.match,
+            "slice_match_thres": float(config.split(":")[-1])} if st.kind == "tile" else {}
+    m = val.run(data, weights=str(weights), batch_size=32 if st.kind == "model" else 4, imgsz=size, task=split,
+                iou_thres=st.thres, nms=st.nms, workers=0, plots=False, save_dir=None, size_buckets_spec="tiny",
+                tfl_s=1024.0, project=Path("runs") / "nms-study", name="eval", exist_ok=True, **tile)
     return summarise_metrics(m)
 
 
@@ -79,16 +104,18 @@ def cmd_run(args) -> None:
     for c in configs:
         parse_config(c)
     results, out = Path(args.results), Path(args.out)
-    data = args.data or read_result(next(iter(sorted(results.glob("*/seed*.json")))))["protocol"]["data"]
+    first = read_result(next(iter(sorted(results.glob("*/seed*.json")))))
+    data, base_px = args.data or first["protocol"]["data"], int(first["protocol"]["imgsz"])
     todo = [(v, s, px, w, split, c) for v, s, px, w in models(results, Path(args.runs))
-            for split in ("val", "test") for c in configs]
+            if not args.variants or v in args.variants for split in ("val", "test") for c in configs]
     for i, (v, s, px, w, split, c) in enumerate(todo, 1):
         f = out / f"{v}-seed{s}" / f"{split}-{c.replace(':', '-')}.json"
         if f.is_file():
             continue
         print(f"nms-study: [{i}/{len(todo)}] {v} seed {s} {split} {c}", flush=True)
-        rec = {"variant": v, "seed": s, "imgsz": px, "split": split, "config": c, "data": data,
-               **evaluate(data, w, px, split, c)}
+        native = round(args.native * px / base_px) if args.native else 0  # the variant's scale applies too
+        rec = {"variant": v, "seed": s, "imgsz": px, "split": split, "config": c, "data": data, "native": native,
+               **evaluate(data, w, px, split, c, native)}
         f.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(f, json.dumps(rec, indent=1) + "\n")
 
@@ -144,7 +171,11 @@ def get_args_parser() -> ArgumentParser:
     r.add_argument("--runs", default="runs", help="the runs root holding <study>/<variant>/seed<N>/weights")
     r.add_argument("--out", required=True, help="where the evaluation files go")
     r.add_argument("--data", default=None, help="data YAML (default: the study's)")
-    r.add_argument("--configs", nargs="+", default=["nwd:0.6", "nwd:0.8"], help="NMS settings METHOD:THRESHOLD")
+    r.add_argument("--configs", nargs="+", default=["nwd:0.6", "nwd:0.8"],
+                   help="settings: METHOD:T, native:METHOD:T, tile:MERGE:MATCH:T (see parse_config)")
+    r.add_argument("--native", type=int, default=0,
+                   help="the data's image side (px) for native and tile settings (x each variant's scale)")
+    r.add_argument("--variants", nargs="+", default=None, help="only these variants' models")
     q = sub.add_parser("report")
     q.add_argument("out", help="the evaluation folder")
     return p

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.nms_study import main, parse_config, report
+from experiments.nms_study import Setting, main, parse_config, report
 from experiments.study_runner import StudyError
 
 
@@ -22,8 +22,10 @@ def _write(out: Path, variant: str, seed: int, split: str, config: str, tiny: fl
 
 
 def test_configs_are_parsed_strictly():
-    assert parse_config("nwd:0.8") == ("nwd", 0.8) and parse_config("iou:0.6") == ("iou", 0.6)
-    for bad in ("nwd", "giou:0.5", "nwd:1.5", "iou:x"):
+    assert parse_config("nwd:0.8") == Setting("model", "nwd", 0.8) and parse_config("iou:0.6").nms == "iou"
+    assert parse_config("native:nwd:0.6") == Setting("native", "nwd", 0.6)
+    assert parse_config("tile:greedy-nmm:ios:0.5") == Setting("tile", "iou", 0.6, "greedy-nmm", "ios")
+    for bad in ("nwd", "giou:0.5", "nwd:1.5", "iou:x", "native:ios:0.5", "tile:nms:giou:0.5", "tile:nms:0.5"):
         with pytest.raises(StudyError, match="--configs"):
             parse_config(bad)
 
