@@ -9,9 +9,17 @@ setting is chosen on val (highest mean tiny AP50); test reports its effect.
 One small JSON file per (model, split, setting) in ``--out``, meant to be committed; a rerun skips the files that
 exist, so the evaluation can be stopped and continued.
 
+Large images (``--native``): the same models on scenes larger than their training images, read whole at the model's
+input size (``iou:0.6``: downscaled, the naive way), whole at their own size (``native:iou:0.6``: the network is
+fully convolutional) or cut into tiles of the model's input size (``tile:MERGE:MATCH:T``, val.py --slice), each
+setting paired with the naive one.
+
 Usage:
     python experiments/nms_study.py run --results experiments/results/tiny-study-v2 --runs runs \
         --out experiments/results/nms-on-study
+    python experiments/nms_study.py run --results experiments/results/tiny-study-v2 --runs runs \
+        --data data/synthetic-aerial-1c-large.yaml --native 640 --max-det 3000 --variants baseline \
+        --configs native:iou:0.6 tile:nms:iou:0.6 tile:greedy-nmm:ios:0.5 --out experiments/results/tiles-on-study
     python experiments/nms_study.py report experiments/results/nms-on-study
 """
 
@@ -81,7 +89,8 @@ def models(results: Path, runs_root: Path) -> list[tuple[str, int, int, Path]]:
     return out
 
 
-def evaluate(data: str, weights: Path, imgsz: int, split: str, config: str, native: int = 0) -> dict[str, Any]:
+def evaluate(data: str, weights: Path, imgsz: int, split: str, config: str, native: int = 0,
+             max_det: int = 300) -> dict[str, Any]:
     """val.py on ``split`` with the setting ``config``: overall and size-bucket (tiny/big at 32² px) metrics.
     ``imgsz``: the model's input size; ``native``: the data's image side x the model's scale (native and tile
     settings: the image is read at this size, and tiles are ``imgsz`` wide)."""
@@ -95,7 +104,7 @@ def evaluate(data: str, weights: Path, imgsz: int, split: str, config: str, nati
             "slice_match_thres": float(config.split(":")[-1])} if st.kind == "tile" else {}
     m = val.run(data, weights=str(weights), batch_size=32 if st.kind == "model" else 4, imgsz=size, task=split,
                 iou_thres=st.thres, nms=st.nms, workers=0, plots=False, save_dir=None, size_buckets_spec="tiny",
-                tfl_s=1024.0, project=Path("runs") / "nms-study", name="eval", exist_ok=True, **tile)
+                tfl_s=1024.0, project=Path("runs") / "nms-study", name="eval", exist_ok=True, max_det=max_det, **tile)
     return summarise_metrics(m)
 
 
@@ -115,7 +124,7 @@ def cmd_run(args) -> None:
         print(f"nms-study: [{i}/{len(todo)}] {v} seed {s} {split} {c}", flush=True)
         native = round(args.native * px / base_px) if args.native else 0  # the variant's scale applies too
         rec = {"variant": v, "seed": s, "imgsz": px, "split": split, "config": c, "data": data, "native": native,
-               **evaluate(data, w, px, split, c, native)}
+               "max_det": args.max_det, **evaluate(data, w, px, split, c, native, args.max_det)}
         f.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(f, json.dumps(rec, indent=1) + "\n")
 
@@ -176,6 +185,7 @@ def get_args_parser() -> ArgumentParser:
     r.add_argument("--native", type=int, default=0,
                    help="the data's image side (px) for native and tile settings (x each variant's scale)")
     r.add_argument("--variants", nargs="+", default=None, help="only these variants' models")
+    r.add_argument("--max-det", type=int, default=300, help="detections kept per image (val.py --max-det)")
     q = sub.add_parser("report")
     q.add_argument("out", help="the evaluation folder")
     return p

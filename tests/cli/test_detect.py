@@ -205,8 +205,9 @@ def test_inference_size_defaults_to_the_trained_size(weights, weights_128, image
         assert "trained at" not in caplog.text
         assert Detector(weights_128, imgsz=288).imgsz == 288
     warned = [r.getMessage() for r in caplog.records if "trained at" in r.getMessage()]
-    assert warned == [f"{weights_128}: inference at 288 px but the model was trained at 128 px (objects appear 2.2x "
-                      "their trained size): pass --imgsz 128 unless this is intended"]
+    assert warned == [f"{weights_128}: inference at 288 px but the model was trained at 128 px (on images the size of "
+                      "the training images, objects appear 2.2x their trained size): pass --imgsz 128 unless the "
+                      "images are larger"]
     with caplog.at_level(logging.INFO):
         res = run(weights=weights_128, source=images / "a.jpg", nosave=True, project=tmp_path)
     assert "at shape (1, 3, 128, 128)" in caplog.text

@@ -76,8 +76,10 @@ def warn_far_from_trained(imgsz: int, trained: int | None, weights: str | Path) 
     """Log one warning when ``imgsz`` is more than FAR_FACTOR from the training size; True when it warned."""
     if not trained or max(imgsz / trained, trained / imgsz) <= FAR_FACTOR:
         return False
-    LOGGER.warning(f"{weights}: inference at {imgsz} px but the model was trained at {trained} px (objects appear "
-                   f"{imgsz / trained:.2g}x their trained size): pass --imgsz {trained} unless this is intended")
+    # a warning, not a change: on images larger than the training images (or tiled) a larger size is right
+    LOGGER.warning(f"{weights}: inference at {imgsz} px but the model was trained at {trained} px (on images the "
+                   f"size of the training images, objects appear {imgsz / trained:.2g}x their trained size): pass "
+                   f"--imgsz {trained} unless the images are larger")
     return True
 
 
