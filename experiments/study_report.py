@@ -219,7 +219,8 @@ def table(runs: Runs, defs: Mapping[str, Mapping[str, Any]] | None = None,
         cells.append(str((defs.get(n) or {}).get("imgsz", "?")))
         g = [x.get("plateau_gain", math.nan) for x in v.values()]
         g = [x for x in g if math.isfinite(x)]
-        cells.append(f"{100 * max(g):+.1f} % (max)" if g else "-")
+        cells.append(f"{100 * float(np.median(g)):+.1f} % (median; {100 * min(g):+.1f} to {100 * max(g):+.1f})"
+                     if len(g) > 1 else f"{100 * g[0]:+.1f} %" if g else "-")
         cells.append(f"{100 * np.nanmean([x.get('val/tiny/map50', math.nan) for x in v.values()]):.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines

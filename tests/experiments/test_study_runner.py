@@ -296,3 +296,19 @@ def test_report_names_each_seeds_start_and_precision(tmp_path):
     f = out / "baseline" / "seed1.json"
     f.write_text(json.dumps({**json.loads(f.read_text()), "precision": "bf16"}))
     assert seed_groups(out) == "abababab/fp32: seeds 0, 2; cdcdcdcd/bf16: seeds 1"
+
+
+def test_report_gives_the_median_last_quarter_gain_over_seeds(tmp_path):
+    from experiments.study_report import report
+
+    out = tmp_path / "s"
+    for seed, last in enumerate((0.102, 0.104, 0.110)):  # best before the last quarter 0.1: +2, +4, +10 %
+
+        def run(r, p, last=last):
+            o = fake_outcome(0.2)
+            o.extra["curve"] = [{"epoch": e, "fitness": f} for e, f in enumerate([0.05, 0.1, 0.08, last])]
+            return o
+
+        execute(plan([VS[0]], [seed], out, tmp_path / "runs"), P, run, "c", "m", log=lambda m: None)
+    row = next(line for line in report(out).splitlines() if line.startswith("| baseline"))
+    assert "+4.0 % (median; +2.0 to +10.0)" in row
