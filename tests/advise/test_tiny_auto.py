@@ -140,6 +140,26 @@ def test_settings_the_user_gave_are_left_alone():
     assert "box" not in tfl.hyp and "Tiny Focal Loss" in tfl.lines()[3]
 
 
+TFL_ROW = {"row": "study row scale-2x+tfl vs scale-2x", "effect": 3.0, "over": "scale_2", "cost": 1.0,
+           "source": "hand-made", "hyp": {"tfl": True}}
+
+
+def test_tfl_is_chosen_only_on_top_of_the_option_it_was_measured_over():
+    rules = load_tiny_rules(rules_dict(tfl=TFL_ROW))
+    a = choose(at_sizes(128, rules, 0.9), 128, rules, HYP)
+    assert a.imgsz == 256 and a.hyp == {"tfl": True}  # 2x, TFL, and no positive weight on top of TFL
+    text = "\n".join(a.lines())
+    assert "Tiny Focal Loss: tfl True" in text and "+3.0 pt tiny AP50 over scale_2" in text
+    assert "positive weight: unchanged" in text and "Tiny Focal Loss is on" in text
+    capped = choose(at_sizes(128, rules, 0.9), 128, rules, HYP, max_cost=2.25)  # 1.5x: TFL was not measured there
+    assert capped.imgsz == 192 and "tfl" not in capped.hyp and "measured only on top of scale_2" in "\n".join(
+        capped.lines())
+    weak = load_tiny_rules(rules_dict(tfl={**TFL_ROW, "effect": 1.0}))
+    assert "tfl" not in choose(at_sizes(128, weak, 0.9), 128, weak, HYP).hyp
+    assert "tfl" not in choose(at_sizes(128, rules, 0.9), 128, rules, HYP, user_keys=frozenset({"tfl"})).hyp
+    assert "tfl" not in load_tiny_rules().options or load_tiny_rules().options["tfl"].hyp.get("tfl") is True
+
+
 # --- the rule file ---------------------------------------------------------------------------------------------------
 def test_the_committed_rule_file_loads_and_names_its_sources():
     r = load_tiny_rules()
@@ -155,6 +175,8 @@ def test_the_committed_rule_file_loads_and_names_its_sources():
     (lambda d: d["options"]["pos_weight"].update(factor="big"), ["options.pos_weight.factor", "number"]),
     (lambda d: d.update(min_tiny_share=1.5), ["min_tiny_share"]),
     (lambda d: d["options"]["copy_paste"]["hyp"].update(small_pasta=1), ["options.copy_paste.hyp", "small_pasta"]),
+    (lambda d: d["options"].update(tfl={**TFL_ROW, "hyp": {"tfl_q": 1}}), ["options.tfl.hyp", "tfl_q"]),
+    (lambda d: d["options"].update(tfl={**TFL_ROW, "over": "mosaic"}), ["options.tfl.over", "mosaic"]),
 ])
 def test_a_bad_rule_file_is_one_line_naming_file_and_key(tmp_path, change, words):
     d = rules_dict()

@@ -9,8 +9,11 @@ A pure function of its inputs: no file, no model. The order, and why:
    chosen.
 3. P2 only where the stride-8 level cannot match most tiny objects at the chosen size (under ``p2_below_match``),
    and only with a measured effect and within the cap together with the scale.
-4. The positive weight (box gain and obj_pw times ``factor``) and copy-paste cost no inference time: chosen on
-   their measured effect, unless the user set those hyperparameters.
+4. Tiny Focal Loss (only when the rule file has a ``tfl`` row): chosen on its measured effect over the option it was
+   measured on top of (``over``), and only when that option is chosen too.
+5. The positive weight (box gain and obj_pw times ``factor``; not with TFL, which already weighs the positives
+   more) and copy-paste cost no inference time: chosen on their measured effect, unless the user set those
+   hyperparameters.
 """
 
 from __future__ import annotations
@@ -162,11 +165,25 @@ def choose(stats: dict[int, LabelStats], imgsz: int, rules: TinyRules, hyp: Hyp,
         cost *= p2.cost
         choices.append(Choice("P2 model", f"yes ({p2_cfg})", True, matched, p2.evidence(), p2.source))
 
-    # 3-4. options without inference cost
+    # 3-5. options without inference cost
     overrides: dict[str, Any] = {}
+    tfl = rules.options.get("tfl")
+    if tfl is not None:
+        chosen_now = {"baseline"} | ({best[0].name} if best else set()) | (
+            {"p2"} if any(c.chosen and c.option == "P2 model" for c in choices) else set())
+        why = ("TFL set on the command line" if user_keys & set(tfl.hyp) else "") or (
+            "already on in the hyp file" if hyp.tfl else "") or _usable(tfl, rules) or (
+            f"measured only on top of {tfl.over}, which is not chosen" if tfl.over not in chosen_now else "")
+        if why:
+            choices.append(Choice("Tiny Focal Loss", "unchanged", False, why, tfl.evidence(), tfl.source))
+        else:
+            overrides.update(tfl.hyp)
+            choices.append(Choice("Tiny Focal Loss", ", ".join(f"{k} {v}" for k, v in tfl.hyp.items()), True,
+                                  f"{under}; tiny targets weigh more in every loss term", tfl.evidence(), tfl.source))
     pw = rules.options["pos_weight"]
     why = ("box / obj_pw set on the command line" if user_keys & {"box", "obj_pw"} else "") or (
-        "Tiny Focal Loss is on: it already weighs the positives more" if hyp.tfl else "") or _usable(pw, rules)
+        "Tiny Focal Loss is on: it already weighs the positives more" if hyp.tfl or overrides.get("tfl") else ""
+    ) or _usable(pw, rules)
     if why:
         choices.append(Choice("positive weight", "unchanged", False, why, pw.evidence(), pw.source))
     else:

@@ -4,7 +4,8 @@ The file declares, once, what the tiny-object evidence says: per option its effe
 inference cost as a ratio to the baseline, and the source (study row or earlier experiment) it comes from; and the
 thresholds of the choice (what share of tiny objects makes data "tiny", the smallest effect worth choosing, when a
 P2 level is considered). Options: ``scale_<x>`` rows (input scale ``scale``), ``p2``, ``pos_weight`` (``factor``
-multiplies the box gain and ``obj_pw``) and ``copy_paste`` (``hyp`` overrides). The choice itself is
+multiplies the box gain and ``obj_pw``), ``copy_paste`` (``hyp`` overrides) and, optionally, ``tfl`` (``hyp``
+overrides that turn Tiny Focal Loss on; measured ``over`` the option it adds to). The choice itself is
 ``utils.advise.choose``. Every key is checked on load: an unknown, missing or ill-typed key raises
 ``TinyRulesError`` naming the file and the key.
 """
@@ -22,8 +23,9 @@ from utils.errors import UserError
 DEFAULT_RULES = HYP_DIR / "tiny_auto.yaml"
 TOP_KEYS = {"tiny_side": "input px", "min_tiny_share": "share", "min_effect": "points", "p2_below_match": "share"}
 FIXED_OPTIONS = ("p2", "pos_weight", "copy_paste")
+OPTIONAL = ("tfl",)  # may be absent: never chosen then
 COMMON_KEYS = ("row", "effect", "cost", "source", "n", "p", "over")
-OWN_KEYS = {"scale": ("scale",), "p2": (), "pos_weight": ("factor",), "copy_paste": ("hyp",)}
+OWN_KEYS = {"scale": ("scale",), "p2": (), "pos_weight": ("factor",), "copy_paste": ("hyp",), "tfl": ("hyp",)}
 
 
 class TinyRulesError(UserError):
@@ -35,7 +37,7 @@ class Option:
     """One option of the table. ``row``: the evidence in a few words (printed), ``source``: in full; ``effect``:
     tiny AP50 points over ``over`` (None: not measured, never chosen); ``cost``: inference time / the baseline's;
     ``n`` runs and ``p`` (paired test) where known; ``scale``: input scale (scale rows); ``factor``: box gain and
-    obj_pw multiplier (pos_weight); ``hyp``: overrides (copy_paste)."""
+    obj_pw multiplier (pos_weight); ``hyp``: overrides (copy_paste, tfl)."""
 
     name: str
     row: str
@@ -105,13 +107,14 @@ def _option(name: str, row: Any, src: str) -> Option:
         if not isinstance(row[k], str) or not row[k].strip():
             raise TinyRulesError(f"{where}.{k} must say where the numbers come from, got {row[k]!r}")
     over = row.get("over", "baseline")
-    if over not in ("baseline", *FIXED_OPTIONS):
-        raise TinyRulesError(f"{where}.over = {over!r}: must be 'baseline' or one of {list(FIXED_OPTIONS)}")
+    if not (over in ("baseline", *FIXED_OPTIONS, *OPTIONAL) or str(over).startswith("scale_")):
+        raise TinyRulesError(f"{where}.over = {over!r}: must be 'baseline', a scale_<x> row or one of "
+                             f"{list(FIXED_OPTIONS + OPTIONAL)}")
     n = row.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise TinyRulesError(f"{where}.n must be a whole number of runs >= 1, got {n!r}")
     hyp = row.get("hyp", {})
-    if kind == "copy_paste":
+    if kind in ("copy_paste", "tfl"):
         if not isinstance(hyp, dict) or not hyp:
             raise TinyRulesError(f"{where}.hyp must be a mapping of hyperparameter: value")
         try:
@@ -146,9 +149,10 @@ def load_tiny_rules(source: str | Path | dict | None = None) -> TinyRules:
     rows = data["options"]
     if not isinstance(rows, dict):
         raise TinyRulesError(f"{src}: options must be a mapping of option name: row")
-    bad = [k for k in rows if not (str(k).startswith("scale_") or k in FIXED_OPTIONS)]
+    bad = [k for k in rows if not (str(k).startswith("scale_") or k in FIXED_OPTIONS + OPTIONAL)]
     if bad:
-        raise TinyRulesError(f"{src}: unknown key 'options.{bad[0]}' (known: scale_<x>, {', '.join(FIXED_OPTIONS)})")
+        raise TinyRulesError(f"{src}: unknown key 'options.{bad[0]}' (known: scale_<x>, "
+                             f"{', '.join(FIXED_OPTIONS + OPTIONAL)})")
     absent = [k for k in FIXED_OPTIONS if k not in rows]
     if absent:
         raise TinyRulesError(f"{src}: missing key 'options.{absent[0]}'")
