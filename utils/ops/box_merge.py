@@ -116,6 +116,9 @@ def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, thres: float, metric: 
     return keep[:max_keep] if max_keep is not None else keep
 
 
+MERGE_BLOCK = 512  # rows of the similarity matrix computed at once (merge_groups)
+
+
 def _sahi_order(d: np.ndarray) -> np.ndarray:
     """Indices by decreasing score, ties broken by x1, y1, x2, y2 (SAHI's order)."""
     return np.lexsort((d[:, 3], d[:, 2], d[:, 1], d[:, 0], -d[:, 4]))
@@ -132,7 +135,11 @@ def merge_groups(dets: torch.Tensor, thres: float, metric: str = "iou", greedy: 
     n = len(d)
     if n == 0:
         return {}
-    m = (pairwise(d[:, :4], d[:, :4], metric, nwd_c) >= thres).numpy()
+    # row blocks: the full n x n similarity in float64 would need 8 n² bytes (3.2 GB for the 20,000 boxes of a large
+    # image at val.py's confidence 0.001); the boolean matrix needs n² bytes
+    m = np.empty((n, n), dtype=bool)
+    for i in range(0, n, MERGE_BLOCK):
+        m[i:i + MERGE_BLOCK] = (pairwise(d[i:i + MERGE_BLOCK, :4], d[:, :4], metric, nwd_c) >= thres).numpy()
     if not agnostic:
         m &= (d[:, 5, None] == d[None, :, 5]).numpy()
     np.fill_diagonal(m, False)
