@@ -74,15 +74,19 @@ def test_label_statistics_by_hand():
 
 # --- the choice rules on hand-made statistics -------------------------------------------------------------------------
 def test_tiny_heavy_data_gets_a_larger_input_and_the_positive_weight():
-    rules = load_tiny_rules()
+    rules = load_tiny_rules(rules_dict(tfl={"effect": None}))  # without the TFL row: 2x and the positive weight
     a = choose(at_sizes(128, rules, tiny_share=0.9), 128, rules, HYP)
     assert a.imgsz == 256 and a.imgsz > a.base_imgsz and a.cost == pytest.approx(4.0)
     assert a.hyp == {"box": pytest.approx(0.05 * 1.56), "obj_pw": pytest.approx(1.56)}
-    assert a.cfg is None  # stride 8 matches the tiny objects; P2's measured effect is negative
-    assert len(a.lines()) == 5 and all(line.startswith("tiny auto: ") for line in a.lines())
-    assert "+20.3 pt" in a.lines()[1] and "n 1" in a.lines()[1]
-    assert "+7.8 pt" in a.lines()[3] and "p 0.04" in a.lines()[3]
-    assert "copy-paste: unchanged" in a.lines()[4] and "under the 2 pt bar" in a.lines()[4]
+    assert a.cfg is None  # stride 8 matches the tiny objects: no P2
+    assert len(a.lines()) == 6 and all(line.startswith("tiny auto: ") for line in a.lines())
+    assert "+21.1 pt" in a.lines()[1] and "n 5" in a.lines()[1]
+    assert "+7.8 pt" in a.lines()[4] and "p 0.04" in a.lines()[4]
+    assert "copy-paste: unchanged" in a.lines()[5] and "under the 2 pt bar" in a.lines()[5]
+    # the committed table: 2x with Tiny Focal Loss (the study's best combination), no positive weight on top
+    default = load_tiny_rules()
+    b = choose(at_sizes(128, default, tiny_share=0.9), 128, default, HYP)
+    assert (b.imgsz, b.cfg, b.hyp) == (256, None, {"tfl": True})
 
 
 def test_data_without_small_objects_changes_nothing():
@@ -100,7 +104,7 @@ def test_a_cost_cap_of_one_keeps_the_size_and_picks_the_best_method_at_baseline_
     a = choose(at_sizes(160, rules, tiny_share=0.93), 160, rules, HYP, max_cost=1.0)
     assert (a.imgsz, a.cfg, a.cost) == (160, None, 1.0)
     assert a.hyp == {"box": pytest.approx(0.078), "obj_pw": pytest.approx(1.56)}
-    assert "best method at the baseline's inference cost" in a.lines()[3]
+    assert "best method at the baseline's inference cost" in a.lines()[4]
     assert "over --tiny-max-cost 1" in a.lines()[1]
 
 
@@ -127,9 +131,9 @@ def test_p2_only_when_stride_8_cannot_match_most_tiny_objects():
     assert choose(at_sizes(128, rules, 0.9, 0.2), 128, rules, HYP, max_cost=1.1, **kw).cfg is None  # over the cap
     none = choose(at_sizes(128, rules, 0.9, 0.2), 128, rules, HYP, p2_cfg=None, no_p2="there is no models/x-p2.yaml")
     assert none.cfg is None and "no models/x-p2.yaml" in none.lines()[2]
-    # the committed table's P2 effect is negative: never chosen, even when stride 8 matches nothing
-    default = load_tiny_rules()
-    assert choose(at_sizes(128, default, 0.9, 0.0), 128, default, HYP, **kw).cfg is None
+    # a negative effect is never chosen, even when stride 8 matches nothing
+    negative = load_tiny_rules(rules_dict(p2={"effect": -6.3}))
+    assert choose(at_sizes(128, negative, 0.9, 0.0), 128, negative, HYP, **kw).cfg is None
 
 
 def test_settings_the_user_gave_are_left_alone():
@@ -198,9 +202,9 @@ def tiny_data(tmp_path_factory) -> Path:
 def test_advise_command_prints_one_line_per_choice(tiny_data, tmp_path, capsys):
     assert advise.main([str(tiny_data), "--imgsz", "64"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[1].strip() for line in out[:5]] == ["labels", "input scale", "P2 model",
-                                                                  "positive weight", "copy-paste"]
-    assert "--imgsz 128" in out[5]  # the synthetic objects are all under 32 px at 64 px
+    assert [line.split(":")[1].strip() for line in out[:6]] == ["labels", "input scale", "P2 model",
+                                                                  "Tiny Focal Loss", "positive weight", "copy-paste"]
+    assert "--imgsz 128" in out[6]  # the synthetic objects are all under 32 px at 64 px
     bad = tmp_path / "bad.yaml"
     bad.write_text(DEFAULT_RULES.read_text(encoding="utf-8") + "extra: 1\n")
     assert advise.main([str(tiny_data), "--rules", str(bad)]) == 1
@@ -234,13 +238,14 @@ def test_train_tiny_auto_applies_and_records_its_choice_and_is_off_by_default(ti
     monkeypatch.setattr(train, "save_epoch", real_save)
     auto = tmp_path / "auto"
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tiny auto: ")]
-    assert len(lines) == 5 and "input scale: 2x (128 px)" in lines[1]
+    assert len(lines) == 6 and "input scale: 2x (128 px)" in lines[1]
     advice = json.loads((auto / "tiny_auto.json").read_text())
     opt, hyp = (yaml.safe_load((auto / f).read_text()) for f in ("opt.yaml", "hyp.yaml"))
     assert advice["settings"]["imgsz"] == opt["imgsz"] == 128 and advice["base_imgsz"] == 64
     assert advice["settings"]["hyp"] and all(hyp[k] == v for k, v in advice["settings"]["hyp"].items())
-    assert hyp["box"] == pytest.approx(0.078) and opt["tiny"] == "auto"
-    assert [c["option"] for c in advice["choices"]] == ["input scale", "P2 model", "positive weight", "copy-paste"]
+    assert hyp["tfl"] is True and hyp["box"] == pytest.approx(0.05) and opt["tiny"] == "auto"  # TFL, not both
+    assert [c["option"] for c in advice["choices"]] == ["input scale", "P2 model", "Tiny Focal Loss",
+                                                        "positive weight", "copy-paste"]
 
     # --resume keeps the chosen settings (from the checkpoint) without choosing again; val.py's default size follows
     caplog.clear()
@@ -248,7 +253,7 @@ def test_train_tiny_auto_applies_and_records_its_choice_and_is_off_by_default(ti
         train.train(train.get_args_parser().parse_args(["--resume", str(auto / "weights" / "last.pt")]))
     assert not [r for r in caplog.records if r.getMessage().startswith("tiny auto: ")]
     ck = load_checkpoint(auto / "weights" / "last.pt")
-    assert ck["epoch"] == 1 and trained_imgsz(ck) == 128 and ck["hyp"]["box"] == pytest.approx(0.078)
+    assert ck["epoch"] == 1 and trained_imgsz(ck) == 128 and ck["hyp"]["tfl"] is True
     assert yaml.safe_load((auto / "opt.yaml").read_text())["imgsz"] == 128
     assert json.loads((auto / "tiny_auto.json").read_text()) == advice
 
