@@ -101,6 +101,15 @@ def _cap(cost: float, max_cost: float | None) -> str:
     return f"cost {cost:.2f}x is over --tiny-max-cost {max_cost:g}" if max_cost is not None and cost > max_cost else ""
 
 
+def _hyp_choice(label: str, o: Option, why: str, overrides: dict[str, Any], reason: str) -> Choice:
+    """An option made of hyperparameter overrides (``o.hyp``): not chosen with ``why``, else its overrides are added
+    to ``overrides``."""
+    if why:
+        return Choice(label, "unchanged", False, why, o.evidence(), o.source)
+    overrides.update(o.hyp)
+    return Choice(label, ", ".join(f"{k} {v}" for k, v in o.hyp.items()), True, reason, o.evidence(), o.source)
+
+
 def choose(stats: dict[int, LabelStats], imgsz: int, rules: TinyRules, hyp: Hyp, max_cost: float | None = None,
            gs: int = 32, p2_cfg: str | None = None, no_p2: str = "", user_keys: frozenset[str] = frozenset()
            ) -> Advice:
@@ -174,12 +183,8 @@ def choose(stats: dict[int, LabelStats], imgsz: int, rules: TinyRules, hyp: Hyp,
         why = ("TFL set on the command line" if user_keys & set(tfl.hyp) else "") or (
             "already on in the hyp file" if hyp.tfl else "") or _usable(tfl, rules) or (
             f"measured only on top of {tfl.over}, which is not chosen" if tfl.over not in chosen_now else "")
-        if why:
-            choices.append(Choice("Tiny Focal Loss", "unchanged", False, why, tfl.evidence(), tfl.source))
-        else:
-            overrides.update(tfl.hyp)
-            choices.append(Choice("Tiny Focal Loss", ", ".join(f"{k} {v}" for k, v in tfl.hyp.items()), True,
-                                  f"{under}; tiny targets weigh more in every loss term", tfl.evidence(), tfl.source))
+        choices.append(_hyp_choice("Tiny Focal Loss", tfl, why, overrides,
+                                   f"{under}; tiny targets weigh more in every loss term"))
     pw = rules.options["pos_weight"]
     why = ("box / obj_pw set on the command line" if user_keys & {"box", "obj_pw"} else "") or (
         "Tiny Focal Loss is on: it already weighs the positives more" if hyp.tfl or overrides.get("tfl") else ""
@@ -196,12 +201,7 @@ def choose(stats: dict[int, LabelStats], imgsz: int, rules: TinyRules, hyp: Hyp,
     cp = rules.options["copy_paste"]
     why = ("copy-paste set on the command line" if user_keys & set(cp.hyp) else "") or (
         "already on in the hyp file" if hyp.small_paste > 0 else "") or _usable(cp, rules)
-    if why:
-        choices.append(Choice("copy-paste", "unchanged", False, why, cp.evidence(), cp.source))
-    else:
-        overrides.update(cp.hyp)
-        choices.append(Choice("copy-paste", ", ".join(f"{k} {v}" for k, v in cp.hyp.items()), True,
-                              f"{under}; more tiny positives per image", cp.evidence(), cp.source))
+    choices.append(_hyp_choice("copy-paste", cp, why, overrides, f"{under}; more tiny positives per image"))
     return Advice(imgsz=size, cfg=p2_cfg if any(c.chosen and c.option == "P2 model" for c in choices) else None,
                   hyp=overrides, cost=cost, choices=tuple(choices), **mk)
 
